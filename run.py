@@ -1,0 +1,23 @@
+"""One entry point: `python run.py [model=... loss=... dataset=...] [mode=train|eval|predict|export]`.
+
+Composes the Hydra config (conf/), validates it, and hands over to src.app. No training logic.
+"""
+import hydra
+from omegaconf import DictConfig
+
+from src.config import register_configs
+from src.utils.resolvers import register_resolvers
+
+register_resolvers()
+register_configs()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    from src.app import main as app_main
+
+    return app_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""What run.py hands over to: validate, build, and run the requested mode.
+
+Data flows one way: config -> (model, loss, data) -> Task -> Trainer. Nothing here knows about
+faces or birds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.utils.errors import UserError, user_error_types
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+MODES = ("train", "eval", "predict", "export")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+# ---- validation --------------------------------------------------------------------------------
+def _choices_of_kind(group: str, kinds: list[str]) -> list[str]:
+    out = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if isinstance(node, DictConfig) and node.get("_kind_") in kinds:
+            out.append(f"{group}={path.stem}")
+    return out
+
+
+def _choice(group: str) -> str:
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group))
+    except ValueError:  # no Hydra context (tests composing by hand)
+        return "?"
+
+
+def check_compatibility(cfg: DictConfig) -> None:
+    """A model declares the loss and dataset kinds it accepts (``_accepts_``); stop before any
+    heavy work, naming the valid choices, when a pick does not fit."""
+    if cfg.mode not in MODES:
+        raise UserError(f"mode={cfg.mode} is not one of {', '.join(MODES)}")
+    accepts = cfg.model.get("_accepts_") or {}
+    for group in ("loss", "dataset"):
+        kinds = list(accepts.get(group, []))
+        kind = cfg[group].get("_kind_")
+        if kinds and kind not in kinds:
+            valid = ", ".join(_choices_of_kind(group, kinds)) or "none configured"
+            raise UserError(f"{group}={_choice(group)} (kind '{kind}') does not fit "
+                            f"model={_choice('model')}; valid choices: {valid}")
+    if cfg.mode in ("eval", "export") and not cfg.get("ckpt_path"):
+        raise UserError(f"mode={cfg.mode} needs ckpt_path=<checkpoint or weights file>")
+    if cfg.mode == "predict" and not cfg.get("input"):
+        raise UserError("mode=predict needs input=<image file or folder of images>")
+
+
+# ---- building ------------------------------------------------------------------------------
+def strip_meta(node: DictConfig) -> dict[str, Any]:
+    """The node as kwargs for instantiate, without our ``_meta_`` keys."""
+    d = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in d.items()
+            if not (k.startswith("_") and k.endswith("_")) or k in _HYDRA_KEYS}
+
+
+def build_task(cfg: DictConfig):
+    model = instantiate(strip_meta(cfg.model))
+    loss = instantiate(strip_meta(cfg.loss))
+    data = instantiate(strip_meta(cfg.dataset))
+    task_factory = instantiate(cfg.model._task_)
+    return task_factory(model=model, loss=loss, data=data)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, enabled: bool):
+    from src.logging import RunLogger
+
+    backend = None
+    if enabled and cfg.logger.get("_target_"):
+        backend = instantiate(cfg.logger)
+    return RunLogger(run_dir, backend, enabled=enabled)
+
+
+def _run_names(cfg: DictConfig, run_dir: Path) -> tuple[str, str | None]:
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return run_dir.name, None
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = Path(hc.sweep.dir).name
+        return f"{cfg.task_name}-{sweep}-{hc.job.num}", f"{cfg.task_name}-{sweep}"
+    return f"{cfg.task_name}-{run_dir.name}", None
+
+
+def _image_paths(spec: str) -> list[Path]:
+    p = Path(spec)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        paths = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        if paths:
+            return paths
+        raise UserError(f"input={spec}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    raise UserError(f"input={spec}: no such file or folder")
+
+
+# ---- running -------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> float | None:
+    """Runs one job; returns ``cfg.optimized_metric``'s value (for sweepers) if set."""
+    from src.engine import distributed as D
+    from src.engine.seed import seed_everything
+    from src.engine.trainer import Trainer
+
+    check_compatibility(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    seed_everything(cfg.get("seed"))
+    task = build_task(cfg)
+    trainer = Trainer(task, cfg.trainer, run_dir, logger=None, seed=cfg.get("seed"),
+                      optimizer_cfg=cfg.optimizer, scheduler_cfg=cfg.get("scheduler"))
+    if D.broadcast_object(str(run_dir)) != str(run_dir):
+        raise UserError("torchrun ranks resolved different run dirs; start torchrun with "
+                        "--standalone or --rdzv-id=<id>, or pin hydra.run.dir")
+    rank_zero = D.is_rank_zero()
+    if rank_zero:
+        from src.utils.config_tree import print_config_tree
+
+        print_config_tree(cfg, run_dir, print_it=cfg.get("print_config", True))
+    logger = build_logger(cfg, run_dir, enabled=rank_zero)
+    trainer.logger = logger
+    name, group = _run_names(cfg, run_dir)
+    logger.start(OmegaConf.to_container(cfg, resolve=True), name, group)
+    summary: dict[str, Any] = {"status": "failed", "mode": cfg.mode}
+    exit_code = 1
+    try:
+        if cfg.mode == "train":
+            ckpt = cfg.get("ckpt_path")
+            if cfg.get("resume") == "auto" and not ckpt:
+                last = run_dir / "checkpoints" / "last.ckpt"
+                ckpt = str(last) if last.is_file() else None
+                log.info("resume=auto: %s", ckpt or "no last.ckpt in the run dir, starting fresh")
+            elif cfg.get("resume") not in (None, "auto"):
+                raise UserError(f"resume={cfg.resume}: use resume=auto or ckpt_path=<file>")
+            summary = trainer.fit(ckpt_path=ckpt)
+        elif cfg.mode == "eval":
+            trainer.load_weights(cfg.ckpt_path)
+            metrics = trainer.evaluate()
+            logger.log_metrics(metrics, step=0)
+            summary = {"status": "completed", **metrics}
+        elif cfg.mode == "predict":
+            if cfg.get("ckpt_path"):
+                trainer.load_weights(cfg.ckpt_path)
+            task.eval()
+            out_dir = run_dir / "predictions"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            import torch
+
+            with torch.no_grad():
+                preds = task.predict(_image_paths(cfg.input), out_dir)
+            if rank_zero:
+                (run_dir / "predictions.json").write_text(json.dumps(preds, indent=2))
+            summary = {"status": "completed", "num_images": len(preds),
+                       "predictions": str(run_dir / "predictions.json")}
+        elif cfg.mode == "export":
+            trainer.load_weights(cfg.ckpt_path)
+            task.eval()
+            paths = task.export(run_dir / "export")
+            summary = {"status": "completed", "exported": [str(p) for p in paths]}
+        summary["mode"] = cfg.mode
+        exit_code = 0
+    finally:
+        best = sorted((run_dir / "checkpoints").glob("*.ckpt")) if exit_code == 0 else []
+        logger.finish(summary, exit_code=exit_code, artifacts=best)
+    metric_name = cfg.get("optimized_metric")
+    if metric_name:
+        value = summary.get(metric_name)
+        return None if value is None else float(value)
+    return None
+
+
+def main(cfg: DictConfig) -> float | None:
+    """run() with user errors reported as one line (exit code 2), not a traceback."""
+    from src.engine import distributed as D
+
+    try:
+        return run(cfg)
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        D.destroy()

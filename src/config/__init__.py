@@ -1,0 +1,3 @@
+from .schema import register_configs
+
+__all__ = ["register_configs"]

@@ -1,0 +1,139 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Each group yaml (e.g. ``conf/optimizer/sgd.yaml``) starts from its schema through its defaults
+list (``- sgd_schema``), so a typo'd key or a wrong type fails when the config is composed,
+before any work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+# ---- trainer ---------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    max_steps: int = -1  # optimizer steps; -1 = run max_epochs
+    batch_size: int = 16  # per process
+    eval_batch_size: Optional[int] = None  # default: batch_size
+    num_workers: int = 2
+    accelerator: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    grad_clip_norm: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    eval_every_n_epochs: int = 1  # 0 = never at epoch end
+    eval_every_n_steps: int = 0  # 0 = off
+    checkpoint_every_n_steps: int = 0  # 0 = only at epoch end / stop
+    log_every_n_steps: int = 10
+    limit_train_batches: int = -1  # -1 = all
+    limit_val_batches: int = -1
+    save_last: bool = True
+    save_best: bool = True
+    max_consecutive_nonfinite: int = 10  # NaN/inf losses in a row before the run stops
+    progress_bar: bool = True
+    deterministic: bool = False
+    ddp_backend: Optional[str] = None  # default: nccl on CUDA, gloo on CPU
+    find_unused_parameters: bool = False
+    preempt_at_step: int = -1  # drill: send SIGTERM to this process after this optimizer step
+
+
+# ---- optimizers ------------------------------------------------------------------------------
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = 1e-2
+
+
+# ---- schedulers ------------------------------------------------------------------------------
+@dataclass
+class SchedulerBase:
+    _target_: Optional[str] = None  # None = constant learning rate
+    interval: str = "epoch"  # epoch | step: when the engine calls scheduler.step()
+
+
+@dataclass
+class StepLRConfig(SchedulerBase):
+    _target_: Optional[str] = "torch.optim.lr_scheduler.StepLR"
+    step_size: int = 2
+    gamma: float = 0.9
+
+
+@dataclass
+class MultiStepLRConfig(SchedulerBase):
+    _target_: Optional[str] = "torch.optim.lr_scheduler.MultiStepLR"
+    milestones: list[int] = field(default_factory=lambda: [190, 220])
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineConfig(SchedulerBase):
+    _target_: Optional[str] = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    T_max: int = 100
+    eta_min: float = 0.0
+
+
+# ---- loggers ---------------------------------------------------------------------------------
+@dataclass
+class WandbConfig:
+    _target_: Optional[str] = "src.logging.wandb_logger.WandbLogger"
+    project: str = "cv-experiments"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    name: Optional[str] = None
+    group: Optional[str] = None  # default: the sweep's name in multirun
+    tags: list[str] = field(default_factory=list)
+    log_images: bool = True
+    num_images: int = 4
+    log_checkpoint: bool = False  # upload best/last checkpoints as an artifact at the end
+
+
+@dataclass
+class NoLoggerConfig:
+    _target_: Optional[str] = None
+
+
+# ---- paths -----------------------------------------------------------------------------------
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "data"
+    log_dir: str = "outputs"
+    output_dir: str = "."  # the run dir, set from hydra
+    work_dir: str = "."
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="scheduler", name="none_schema", node=SchedulerBase)
+    cs.store(group="scheduler", name="step_schema", node=StepLRConfig)
+    cs.store(group="scheduler", name="multistep_schema", node=MultiStepLRConfig)
+    cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
+    cs.store(group="logger", name="wandb_schema", node=WandbConfig)
+    cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+

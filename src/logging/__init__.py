@@ -1,0 +1,3 @@
+from .run_logger import RunLogger
+
+__all__ = ["RunLogger"]
