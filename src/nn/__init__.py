@@ -1,0 +1,60 @@
+"""Detection toolkit: a batched PyTorch port of ``gluoncv.nn``.
+
+Boxes are corner ``(x1, y1, x2, y2)`` unless a name says center; batches are ``(B, N, ...)``
+with ``-1`` padding rows; matchers return -1 for unmatched; samplers return +1 positive,
+-1 negative, 0 ignore. IoU comes from ``src.ops.box_iou`` (the one implementation in the repo).
+"""
+from .bbox import (
+    BBoxArea,
+    BBoxBatchIOU,
+    BBoxCenterToCorner,
+    BBoxClipToImage,
+    BBoxCornerToCenter,
+    BBoxSplit,
+)
+from .coder import (
+    MultiClassDecoder,
+    MultiClassEncoder,
+    MultiPerClassDecoder,
+    NormalizedBoxCenterDecoder,
+    NormalizedBoxCenterEncoder,
+    NormalizedLandmarkCenterDecoder,
+    NormalizedLandmarkCenterEncoder,
+    NormalizedPerClassBoxCenterEncoder,
+    SigmoidClassEncoder,
+)
+from .feature import FeatureExpander, FeatureExtractor
+from .matcher import BipartiteMatcher, CompositeMatcher, MaximumMatcher, bipartite_matching
+from .predictor import ConvPredictor, FCPredictor
+from .sampler import HardNegativeSampler, NaiveSampler, OHEMSampler, QuotaSampler, select_top_k
+
+__all__ = [
+    "BBoxArea",
+    "BBoxBatchIOU",
+    "BBoxCenterToCorner",
+    "BBoxClipToImage",
+    "BBoxCornerToCenter",
+    "BBoxSplit",
+    "BipartiteMatcher",
+    "CompositeMatcher",
+    "ConvPredictor",
+    "FCPredictor",
+    "FeatureExpander",
+    "FeatureExtractor",
+    "HardNegativeSampler",
+    "MaximumMatcher",
+    "MultiClassDecoder",
+    "MultiClassEncoder",
+    "MultiPerClassDecoder",
+    "NaiveSampler",
+    "NormalizedBoxCenterDecoder",
+    "NormalizedBoxCenterEncoder",
+    "NormalizedLandmarkCenterDecoder",
+    "NormalizedLandmarkCenterEncoder",
+    "NormalizedPerClassBoxCenterEncoder",
+    "OHEMSampler",
+    "QuotaSampler",
+    "SigmoidClassEncoder",
+    "bipartite_matching",
+    "select_top_k",
+]
