@@ -1,0 +1,104 @@
+"""Non-maximum suppression: ``nms`` and class-aware ``batched_nms``.
+
+Greedy NMS: visit boxes by decreasing score (ties: lower index first, a stable sort); keep a
+box unless a kept, higher-ranked box (of the same class, for batched_nms) overlaps it with
+IoU > iou_threshold (strictly). IoU uses ``offset`` like every box op (src/ops/boxes.py).
+Returns int64 indices into ``boxes``, highest score first. No autograd (indices only).
+
+The reference needs no Python loop over boxes: with the (N, N) "i suppresses j" matrix
+S (i ranked before j, same class, IoU > threshold), keep is the unique fixed point of
+keep[j] = not any_i(keep[i] and S[i, j]); iterating it from all-True is exact after at most
+(longest suppression chain + 1) rounds, each an O(N^2) tensor op. Memory is O(N^2).
+The kernel path (ops_cuda/nms.cu) builds the same matrix as 64-bit masks and reduces it in
+one GPU thread.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._backend import kernel_device
+from .boxes import box_iou_reference
+
+
+def _check(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None = None) -> None:
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"nms: boxes must be (N, 4) (x1, y1, x2, y2); got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(f"nms: scores must be (N,) = ({boxes.shape[0]},); "
+                         f"got {tuple(scores.shape)}")
+    if idxs is not None and idxs.shape != boxes.shape[:1]:
+        raise ValueError(f"batched_nms: idxs must be (N,) = ({boxes.shape[0]},); "
+                         f"got {tuple(idxs.shape)}")
+
+
+def _order(scores: torch.Tensor) -> torch.Tensor:
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+                  offset: float = 0, idxs: torch.Tensor | None = None) -> torch.Tensor:
+    """Vectorised torch NMS (``idxs`` given: only boxes of equal idxs suppress each other)."""
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = _order(scores)
+    b = boxes[order]
+    over = box_iou_reference(b, b, offset) > iou_threshold
+    if idxs is not None:
+        c = idxs[order]
+        over &= c[:, None] == c[None, :]
+    over = torch.triu(over, diagonal=1)  # only a higher-ranked box suppresses
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    for _ in range(n + 1):  # converges long before n + 1 rounds in practice
+        new = ~(over & keep[:, None]).any(dim=0)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return order[keep]
+
+
+def _nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float,
+                idxs: torch.Tensor | None) -> torch.Tensor:
+    from ops_cuda.launch import launch
+    from ops_cuda.registry import CTYPE
+
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    work_dtype = boxes.dtype if boxes.dtype in (torch.float32, torch.float64) else torch.float32
+    order = _order(scores)
+    b = boxes[order].to(work_dtype).contiguous()
+    c = None if idxs is None else idxs[order].to(torch.int64).contiguous()
+    col_blocks = -(-n // 64)
+    mask = torch.empty(n * col_blocks, dtype=torch.int64, device=boxes.device)
+    launch("nms.cu", "nms_mask", CTYPE[work_dtype], boxes.device, n * col_blocks,
+           (b, c, np.int64(n), np.int64(col_blocks), np.float64(iou_threshold),
+            np.float64(offset), mask))
+    removed = torch.zeros(col_blocks, dtype=torch.int64, device=boxes.device)
+    keep = torch.empty(n, dtype=torch.bool, device=boxes.device)
+    launch("nms.cu", "nms_reduce", None, boxes.device, 1,
+           (mask, np.int64(n), np.int64(col_blocks), removed, keep), single_thread=True)
+    return order[keep]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+        offset: float = 0) -> torch.Tensor:
+    """Greedy NMS. boxes (N, 4), scores (N,) -> kept indices (K,) int64, highest score first."""
+    _check(boxes, scores)
+    if kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16,
+                                    torch.bfloat16)) is not None:
+        return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), None)
+    return nms_reference(boxes, scores, iou_threshold, offset)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                iou_threshold: float, offset: float = 0) -> torch.Tensor:
+    """NMS within each class: boxes (N, 4), scores (N,), idxs (N,) integer class (or image)
+    ids; boxes with different idxs never suppress each other. Returns kept indices (K,) int64
+    sorted by decreasing score. Exact for any coordinates (no coordinate-offset trick)."""
+    _check(boxes, scores, idxs)
+    if kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16,
+                                    torch.bfloat16)) is not None:
+        return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), idxs)
+    return nms_reference(boxes, scores, iou_threshold, offset, idxs)
