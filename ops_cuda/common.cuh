@@ -67,7 +67,7 @@ __device__ __forceinline__ void cvo_min_grad(A a, A b, A g, A* ga, A* gb) {
 }
 template <typename A>
 __device__ __forceinline__ void cvo_max_grad(A a, A b, A g, A* ga, A* gb) {
-  cvo_min_grad(b, a, g, gb, ga);
+  if (b < a) { *ga += g; } else if (a < b) { *gb += g; } else { *ga += g / 2; *gb += g / 2; }
 }
 
 // Flat grid-stride loop; i is a 64-bit index.
