@@ -92,7 +92,7 @@ class BipartiteMatcher(nn.Module):
         if self._share_max:
             tie = ((s + self._eps >= gmax) & (s > thr)).any(dim=-1)
         else:
-            best_of_gt = gmax.squeeze(-2).gather(-1, pargmax.unsqueeze(-1)).squeeze(-1)
+            best_of_gt = gmax.squeeze(-2).gather(-1, pargmax)
             tie = (pmax + self._eps >= best_of_gt) & (pmax > thr)
         shared = torch.where(tie, pargmax, torch.full_like(pargmax, -1))
         return torch.where(match < 0, shared, match)

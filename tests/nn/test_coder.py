@@ -1,0 +1,207 @@
+import io
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from src.nn import (
+    BBoxCornerToCenter,
+    MultiClassDecoder,
+    MultiClassEncoder,
+    MultiPerClassDecoder,
+    NormalizedBoxCenterDecoder,
+    NormalizedBoxCenterEncoder,
+    NormalizedLandmarkCenterDecoder,
+    NormalizedLandmarkCenterEncoder,
+    NormalizedPerClassBoxCenterEncoder,
+    SigmoidClassEncoder,
+)
+from tests.nn.helpers import random_boxes
+
+f64 = torch.float64
+
+
+def test_box_encode_worked_example_round_trip():
+    anchors = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]], dtype=f64)
+    gt = torch.tensor([[[1.0, 2.0, 13.0, 12.0]]], dtype=f64)
+    t, m = NormalizedBoxCenterEncoder()(torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long),
+                                        anchors, gt)
+    torch.testing.assert_close(t, torch.tensor([[[2.0, 2.0, math.log(1.2) / 0.2, 0.0]]],
+                                               dtype=f64))
+    assert round(t[0, 0, 2].item(), 4) == 0.9116 and m.tolist() == [[[1.0] * 4]]
+    dec = NormalizedBoxCenterDecoder(convert_anchor=True)(t, anchors)
+    torch.testing.assert_close(dec, gt, rtol=0, atol=1e-12)
+    center = BBoxCornerToCenter()(anchors)
+    torch.testing.assert_close(NormalizedBoxCenterDecoder()(t, center), gt, rtol=0, atol=1e-12)
+
+
+def test_box_encode_mxnet_golden():
+    # apache/mxnet test_contrib_operator.py::test_box_encode_op
+    anchors = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]).reshape(1, -1, 4)
+    refs = anchors.clone()
+    samples = torch.tensor([[0.0, 1.0]])
+    matches = torch.tensor([[0, 1]])
+    y, mask = NormalizedBoxCenterEncoder((0.1, 0.1, 0.2, 0.2), (0, 0, 0, 0))(
+        samples, matches, anchors, refs)
+    np.testing.assert_allclose(y.numpy(), np.zeros((1, 2, 4)), atol=1e-5)
+    np.testing.assert_allclose(mask.numpy(), [[[0, 0, 0, 0], [1, 1, 1, 1]]])
+
+
+def test_box_decode_mxnet_golden():
+    # apache/mxnet test_contrib_operator.py::test_box_decode_op (center-format anchors)
+    data = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]).reshape(1, -1, 4)
+    y = NormalizedBoxCenterDecoder((0.1, 0.1, 0.2, 0.2))(data, data.clone())
+    expected = [[[-0.0562755, -0.00865743, 0.26227552, 0.42465743],
+                 [0.13240421, 0.17859563, 0.93759584, 1.1174043]]]
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_clip_and_means():
+    anchors = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]], dtype=f64)
+    x = torch.tensor([[[0.0, 0.0, 50.0, -50.0]]], dtype=f64)  # dw = 10 -> clipped to log(2)
+    out = NormalizedBoxCenterDecoder(clip=math.log(2.0), convert_anchor=True)(x, anchors)
+    w = out[0, 0, 2] - out[0, 0, 0]
+    assert w.item() == pytest.approx(20.0)
+    assert (out[0, 0, 3] - out[0, 0, 1]).item() == pytest.approx(10 * math.exp(-10))
+    out0 = NormalizedBoxCenterDecoder(clip=0.0, convert_anchor=True)(x, anchors)
+    assert (out0[0, 0, 2] - out0[0, 0, 0]).item() == pytest.approx(10.0)  # clip=0 clips
+    means = (0.1, -0.2, 0.05, 0.0)
+    stds = (0.2, 0.3, 0.4, 0.5)
+    gen = torch.Generator().manual_seed(0)
+    a = random_boxes(gen, 2, 30)
+    g = random_boxes(gen, 2, 30)
+    enc = NormalizedBoxCenterEncoder(stds, means)
+    t, _ = enc(torch.ones(2, 30), torch.arange(30).expand(2, 30), a, g)
+    torch.testing.assert_close(NormalizedBoxCenterDecoder(stds, means, True)(t, a), g)
+
+
+def test_encoder_batched_matches_padding_and_broadcast_anchors():
+    gen = torch.Generator().manual_seed(1)
+    anchors = random_boxes(gen, 25)
+    refs = random_boxes(gen, 3, 4)
+    refs[1, 2:] = -1
+    matches = torch.randint(-1, 4, (3, 25), generator=gen)
+    matches[1] = matches[1].clamp(max=1)
+    samples = torch.where(matches >= 0, 1.0, -1.0).to(f64)
+    samples[0, :3] = 0
+    enc = NormalizedBoxCenterEncoder()
+    t, m = enc(samples, matches, anchors, refs)  # (N, 4) anchors broadcast over B
+    assert t.shape == (3, 25, 4) and torch.isfinite(t).all()
+    for b in range(3):
+        tb, mb = enc(samples[b:b + 1], matches[b:b + 1], anchors[None], refs[b:b + 1])
+        torch.testing.assert_close(t[b], tb[0])
+        torch.testing.assert_close(m[b], mb[0])
+        for n in range(25):
+            if samples[b, n] > 0:
+                ref = enc.encode(refs[b, matches[b, n]], anchors[n])
+                torch.testing.assert_close(t[b, n], ref)
+                assert m[b, n].tolist() == [1.0] * 4
+            else:
+                assert t[b, n].abs().sum() == 0 and m[b, n].sum() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-100, 100), st.floats(-100, 100), st.floats(0.5, 80),
+                          st.floats(0.5, 80)), min_size=2, max_size=2),
+       st.tuples(st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1)))
+def test_encode_decode_round_trip(boxes, stds):
+    t = torch.tensor(boxes, dtype=f64)
+    corners = torch.cat((t[:, :2], t[:, :2] + t[:, 2:]), -1)
+    anchor, gt = corners[0].reshape(1, 1, 4), corners[1].reshape(1, 1, 4)
+    code, _ = NormalizedBoxCenterEncoder(stds)(torch.ones(1, 1), torch.zeros(1, 1).long(),
+                                               anchor, gt)
+    back = NormalizedBoxCenterDecoder(stds, convert_anchor=True)(code, anchor)
+    torch.testing.assert_close(back, gt, rtol=1e-9, atol=1e-9)
+
+
+def test_decoder_onnx_export_matches_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    gen = torch.Generator().manual_seed(2)
+    anchors = BBoxCornerToCenter()(random_boxes(gen, 1, 12, dtype=torch.float32))
+    x = torch.randn(2, 12, 4, generator=gen)
+    model = NormalizedBoxCenterDecoder(clip=math.log(1000 / 16)).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x, anchors), f, dynamo=False, input_names=["x", "anchors"],
+                          dynamic_axes={"x": {0: "B", 1: "N"}, "anchors": {1: "N"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    anchors2 = BBoxCornerToCenter()(random_boxes(gen, 1, 20, dtype=torch.float32))
+    x2 = torch.randn(3, 20, 4, generator=gen) * 3
+    (got,) = sess.run(None, {"x": x2.numpy(), "anchors": anchors2.numpy()})
+    np.testing.assert_allclose(got, model(x2, anchors2).numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_landmark_coder_retinaface_formula_and_round_trip():
+    gen = torch.Generator().manual_seed(3)
+    priors_c = torch.tensor([[8.0, 8.0, 16.0, 16.0], [24.0, 8.0, 32.0, 32.0]], dtype=f64)
+    priors = torch.cat((priors_c[:, :2] - priors_c[:, 2:] / 2,
+                        priors_c[:, :2] + priors_c[:, 2:] / 2), -1)
+    landms = torch.rand(1, 3, 10, generator=gen, dtype=f64) * 40  # 3 faces, 5 points
+    landms[0, 2] = -1  # a face without landmarks
+    matches = torch.tensor([[1, 2]])
+    samples = torch.tensor([[1.0, 1.0]])
+    enc = NormalizedLandmarkCenterEncoder((0.1, 0.1))
+    t, m = enc(samples, matches, priors, landms)
+    # biubug6 encode_landm: (landm - prior_cxcy) / (0.1 * prior_wh), per point
+    p = landms[0, 1].reshape(5, 2)
+    ref = (p - priors_c[0, :2]) / (0.1 * priors_c[0, 2:])
+    torch.testing.assert_close(t[0, 0], ref.reshape(10))
+    assert m[0, 0].tolist() == [1.0] * 10
+    assert m[0, 1].sum() == 0 and t[0, 1].abs().sum() == 0  # matched face has no landmarks
+    dec = NormalizedLandmarkCenterDecoder((0.1, 0.1))(t, priors_c)
+    torch.testing.assert_close(dec[0, 0], landms[0, 1])
+    # (B, M, K, 2) layout gives the same numbers
+    t4, m4 = enc(samples, matches, priors, landms.reshape(1, 3, 5, 2))
+    assert t4.shape == (1, 2, 5, 2)
+    torch.testing.assert_close(t4.reshape(1, 2, 10), t)
+    dec4 = NormalizedLandmarkCenterDecoder(convert_anchor=True)(t4, priors[None])
+    torch.testing.assert_close(dec4.reshape(1, 2, 10)[0, 0], landms[0, 1])
+
+
+def test_per_class_box_encoder():
+    gen = torch.Generator().manual_seed(4)
+    anchors = random_boxes(gen, 2, 10)
+    refs = random_boxes(gen, 2, 3)
+    labels = torch.tensor([[2, 0, 1], [1, 1, -1]])
+    matches = torch.tensor([[0, -1, 1, 2, -1, -1, 0, -1, -1, 1],
+                            [-1, -1, 1, -1, -1, -1, -1, -1, -1, -1]])
+    samples = torch.where(matches >= 0, 1.0, -1.0)
+    enc = NormalizedPerClassBoxCenterEncoder(num_class=3, max_pos=4)
+    t, m, idx = enc(samples, matches, anchors, labels, refs)
+    assert t.shape == (2, 4, 3, 4) and m.shape == (2, 4, 3, 4) and idx.shape == (2, 4)
+    assert idx[0].tolist() == [0, 2, 3, 6]  # first max_pos positives, ascending
+    assert idx[1, 0].item() == 2
+    agn, _ = NormalizedBoxCenterEncoder()(samples, matches, anchors, refs)
+    for b in range(2):
+        for k in range(4):
+            n = idx[b, k].item()
+            torch.testing.assert_close(t[b, k], agn[b, n].expand(3, 4))
+            for c in range(3):
+                want = float(samples[b, n] > 0 and labels[b, matches[b, n]].item() == c)
+                assert m[b, k, c].tolist() == [want] * 4
+
+
+def test_class_encoders_and_decoders():
+    samples = torch.tensor([[1.0, -1.0, 0.0, 1.0]])
+    matches = torch.tensor([[1, -1, 0, 0]])
+    refs = torch.tensor([[4.0, 2.0]])
+    assert MultiClassEncoder()(samples, matches, refs).tolist() == [[3.0, 0.0, -1.0, 5.0]]
+    assert MultiClassEncoder(ignore_label=-2)(samples, matches, refs)[0, 2].item() == -2
+    target, mask = SigmoidClassEncoder()(samples)
+    assert target.tolist() == [[1.0, 0.0, -1.0, 1.0]] and mask.tolist() == [[1, 1, 0, 1]]
+    x = torch.tensor([[[0.5, 0.1, 0.2, 0.1, 0.05, 0.05], [0.99, 0.002, 0.002, 0.002, 0.002,
+                                                          0.002]]])
+    cls_id, score = MultiClassDecoder()(x)
+    assert cls_id.tolist() == [[1, -1]]
+    torch.testing.assert_close(score, torch.tensor([[0.2, 0.0]]))
+    ids, scores = MultiPerClassDecoder(num_class=6)(x)
+    assert ids.tolist() == [[[0, 1, 2, 3, 4], [-1] * 5]]
+    torch.testing.assert_close(scores[0, 0], torch.tensor([0.1, 0.2, 0.1, 0.05, 0.05]))
+    # class axis other than last
+    ids1, _ = MultiPerClassDecoder(num_class=6, axis=1)(x.transpose(1, 2))
+    assert torch.equal(ids1, ids)
