@@ -1,4 +1,4 @@
-"""One entry point: `python run.py [model=... loss=... dataset=...] [mode=train|eval|predict|export]`.
+"""One entry point: `python run.py [group=option ...] [key=value ...]`.
 
 Composes the Hydra config (conf/), validates it, and hands over to src.app. No training logic.
 """

@@ -17,7 +17,8 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def build_optimizers(groups: dict[str, list], opt_cfg: DictConfig) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(groups: dict[str, list],
+                     opt_cfg: DictConfig) -> dict[str, torch.optim.Optimizer]:
     return {name: instantiate(opt_cfg, params) for name, params in groups.items()}
 
 
