@@ -77,16 +77,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def mnet():
-    return randomize_(RetinaFace("mobilenet0.25"), seed=1).eval()
-
-
-@pytest.fixture(scope="module")
-def r50():
-    return randomize_(RetinaFace("resnet50"), seed=2).eval()
-
-
 def _model(request, name):
     return request.getfixturevalue("mnet" if name == "mobilenet0.25" else "r50")
 
