@@ -72,7 +72,7 @@ __global__ void giou_loss_fwd(const T* __restrict__ boxes1, const T* __restrict_
 }
 
 // Backward of giou_loss_fwd: grad_out (n,), grad1/grad2 (n, 4). Sub-gradients follow torch:
-// clamp(min=0) passes the gradient where its input is >= 0, min/max split it on ties.
+// clamp(min=v) passes the gradient where its input is > v (torch), min/max split it on ties.
 template <typename T>
 __global__ void giou_loss_bwd(const T* __restrict__ boxes1, const T* __restrict__ boxes2, i64 n,
                               double offset, const T* __restrict__ grad_out,
@@ -105,25 +105,25 @@ __global__ void giou_loss_bwd(const T* __restrict__ boxes1, const T* __restrict_
     const A ac = cvo_max(area_c, tiny);
     // loss = 1 - giou, giou = inter / uc - (area_c - uni) / ac
     const A g = -to_acc(grad_out[k]);  // d loss / d giou = -1
-    const A g_area_c = -g / ac + (area_c >= tiny ? g * (area_c - uni) / (ac * ac) : A(0));
-    const A g_uni = g / ac + (uni >= tiny ? -g * inter / (uc * uc) : A(0));
+    const A g_area_c = -g / ac + (area_c > tiny ? g * (area_c - uni) / (ac * ac) : A(0));
+    const A g_uni = g / ac + (uni > tiny ? -g * inter / (uc * uc) : A(0));
     const A g_inter = g / uc - g_uni;
     A gax1 = 0, gay1 = 0, gax2 = 0, gay2 = 0, gbx1 = 0, gby1 = 0, gbx2 = 0, gby2 = 0;
     // areas of a and b (both receive g_uni)
-    const A gwa = wa_r >= A(0) ? g_uni * ha : A(0), gha = ha_r >= A(0) ? g_uni * wa : A(0);
-    const A gwb = wb_r >= A(0) ? g_uni * hb : A(0), ghb = hb_r >= A(0) ? g_uni * wb : A(0);
+    const A gwa = wa_r > A(0) ? g_uni * ha : A(0), gha = ha_r > A(0) ? g_uni * wa : A(0);
+    const A gwb = wb_r > A(0) ? g_uni * hb : A(0), ghb = hb_r > A(0) ? g_uni * wb : A(0);
     gax2 += gwa; gax1 -= gwa; gay2 += gha; gay1 -= gha;
     gbx2 += gwb; gbx1 -= gwb; gby2 += ghb; gby1 -= ghb;
     // intersection
-    const A giw = iw_r >= A(0) ? g_inter * ih : A(0);
-    const A gih = ih_r >= A(0) ? g_inter * iw : A(0);
+    const A giw = iw_r > A(0) ? g_inter * ih : A(0);
+    const A gih = ih_r > A(0) ? g_inter * iw : A(0);
     cvo_min_grad(ax2, bx2, giw, &gax2, &gbx2);
     cvo_max_grad(ax1, bx1, -giw, &gax1, &gbx1);
     cvo_min_grad(ay2, by2, gih, &gay2, &gby2);
     cvo_max_grad(ay1, by1, -gih, &gay1, &gby1);
     // enclosing box
-    const A gcw = cw_r >= A(0) ? g_area_c * ch : A(0);
-    const A gch = ch_r >= A(0) ? g_area_c * cw : A(0);
+    const A gcw = cw_r > A(0) ? g_area_c * ch : A(0);
+    const A gch = ch_r > A(0) ? g_area_c * cw : A(0);
     cvo_max_grad(ax2, bx2, gcw, &gax2, &gbx2);
     cvo_min_grad(ax1, bx1, -gcw, &gax1, &gbx1);
     cvo_max_grad(ay2, by2, gch, &gay2, &gby2);

@@ -12,6 +12,8 @@ the kernel (forward only) when no gradient is needed, else the differentiable re
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -95,9 +97,9 @@ def _pairwise_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float,
     work_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
     batch = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
     n, m = boxes1.shape[-2], boxes2.shape[-2]
-    b1 = boxes1.to(work_dtype).expand(*batch, n, 4).reshape(-1, n, 4).contiguous()
-    b2 = boxes2.to(work_dtype).expand(*batch, m, 4).reshape(-1, m, 4).contiguous()
-    nb = b1.shape[0]
+    nb = math.prod(batch)
+    b1 = boxes1.to(work_dtype).expand(*batch, n, 4).reshape(nb, n, 4).contiguous()
+    b2 = boxes2.to(work_dtype).expand(*batch, m, 4).reshape(nb, m, 4).contiguous()
     out = torch.empty((nb, n, m), dtype=work_dtype, device=b1.device)
     if out.numel() > 0:
         launch("boxes.cu", "box_iou_pairwise", CTYPE[work_dtype], b1.device, out.numel(),
