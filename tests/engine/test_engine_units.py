@@ -125,3 +125,56 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_fails(tmp_path, 
     assert load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+class TwoOptimizerTask(ToyTask):
+    """GAN-shaped: two optimizers stepped in turn by the task, through the engine's helper."""
+
+    automatic_optimization = False
+    ddp_modules = ("model", "critic")
+
+    def __init__(self, data):
+        super().__init__(torch.nn.Linear(4, 3), torch.nn.CrossEntropyLoss(), data)
+        self.critic = torch.nn.Linear(3, 1)
+        self.calls = []
+
+    def optimizer_groups(self):
+        return {"D": list(self.critic.parameters()), "G": list(self.model.parameters())}
+
+    def training_step(self, batch, opt):
+        fake = self.model(batch["x"])
+        d_loss = self.critic(fake.detach()).mean() ** 2
+        opt.backward(d_loss, "D")
+        self.calls.append(("D", opt.step("D")))
+        g_loss = -self.critic(fake).mean()
+        opt.backward(g_loss, "G")
+        self.calls.append(("G", opt.step("G")))
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+
+def test_manual_optimisation_steps_several_optimizers_in_one_loop(tmp_path):
+    data = blobs_splits(n_train=32)
+    cfg = OmegaConf.structured(TrainerConfig(batch_size=8, max_steps=4, num_workers=0,
+                                             progress_bar=False, accumulate_grad_batches=2,
+                                             eval_every_n_epochs=0))
+    seed_everything(0)
+    task = TwoOptimizerTask(data)
+    g0 = task.model.weight.detach().clone()
+    d0 = task.critic.weight.detach().clone()
+    opt = OmegaConf.create({"_target_": "torch.optim.Adam", "lr": 0.01})
+    trainer = Trainer(task, cfg, tmp_path, RunLogger(tmp_path, None), seed=0, optimizer_cfg=opt)
+    summary = trainer.fit()
+    assert summary["global_step"] == 4
+    # accumulation 2: of the 8 micro-batches, every second one steps both optimizers, D first
+    assert task.calls == [("D", False), ("G", False), ("D", True), ("G", True)] * 4
+    assert not torch.equal(g0, task.model.weight) and not torch.equal(d0, task.critic.weight)
+    ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert set(ckpt["optim"]["optimizers"]) == {"D", "G"}
+    assert ckpt["optim"]["optimizers"]["G"]["state"][0]["step"] == 4
+
+
+def test_seed_zero_is_a_seed():
+    seed_everything(0)
+    a = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(a, torch.rand(3))
