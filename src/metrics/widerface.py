@@ -286,13 +286,19 @@ def _segment_ids(counts: np.ndarray) -> np.ndarray:
 
 
 def _match(pred_xyxy, pred_img, gt: WiderFaceGT, iou_thresh: float, max_pairs: int):
-    """For each prediction: global index of its best face (-1 when IoU < thresh or no face)."""
+    """For each prediction: global index of its best face (-1 when IoU < thresh or no face).
+
+    Flat (prediction, face of the same image) pairs, chunked to ``max_pairs``. Pairs that do not
+    intersect (IoU 0 in the reference) are dropped before the remaining arithmetic; the row
+    maximum and its first index over the intersecting pairs equal the reference's
+    ``max()`` / ``argmax()`` whenever the maximum can reach the threshold.
+    """
     f = gt.flat()
     g_counts, g_starts, g_xyxy = f["counts"], f["starts"], f["xyxy"]
+    gx1, gy1, gx2, gy2 = (np.ascontiguousarray(g_xyxy[:, c]) for c in range(4))
     n = len(pred_xyxy)
     matched = np.full(n, -1, dtype=np.int64)
     npair = g_counts[pred_img]  # faces in each prediction's image (all > 0 here)
-    # chunk predictions so the flat pair arrays stay bounded
     csum = np.cumsum(npair)
     bounds = [0]
     while bounds[-1] < n:
@@ -301,28 +307,33 @@ def _match(pred_xyxy, pred_img, gt: WiderFaceGT, iou_thresh: float, max_pairs: i
         bounds.append(max(stop, bounds[-1] + 1))
     for a, b in zip(bounds[:-1], bounds[1:]):
         cnt = npair[a:b]
-        seg = _segment_ids(cnt)  # pair -> local prediction
         seg_start = np.zeros(len(cnt), dtype=np.int64)
         np.cumsum(cnt[:-1], out=seg_start[1:])
-        local = np.arange(len(seg)) - seg_start[seg]  # face index within the image
-        gi = g_starts[pred_img[a:b]][seg] + local
-        p = pred_xyxy[a:b][seg]
-        q = g_xyxy[gi]
+        seg = np.repeat(np.arange(len(cnt)), cnt)  # pair -> local prediction
+        gi = np.arange(len(seg)) - seg_start[seg] + g_starts[pred_img[a:b]][seg]
+        px1, py1, px2, py2 = (pred_xyxy[a:b, c] for c in range(4))
         # legacy bbox_overlaps (+1 widths), same operations and order as the Cython reference
-        iw = np.minimum(p[:, 2], q[:, 2]) - np.maximum(p[:, 0], q[:, 0]) + 1
-        ih = np.minimum(p[:, 3], q[:, 3]) - np.maximum(p[:, 1], q[:, 1]) + 1
-        ok = (iw > 0) & (ih > 0)
-        ov = np.zeros(len(seg), dtype=np.float64)
-        box_area = (q[ok, 2] - q[ok, 0] + 1) * (q[ok, 3] - q[ok, 1] + 1)
-        ua = (p[ok, 2] - p[ok, 0] + 1) * (p[ok, 3] - p[ok, 1] + 1) + box_area - iw[ok] * ih[ok]
+        iw = np.minimum(px2[seg], gx2[gi]) - np.maximum(px1[seg], gx1[gi]) + 1
+        keep = np.flatnonzero(iw > 0)
+        seg, gi, iw = seg[keep], gi[keep], iw[keep]
+        ih = np.minimum(py2[seg], gy2[gi]) - np.maximum(py1[seg], gy1[gi]) + 1
+        keep = np.flatnonzero(ih > 0)
+        if len(keep) == 0:
+            continue
+        seg, gi, iw, ih = seg[keep], gi[keep], iw[keep], ih[keep]
+        box_area = (gx2[gi] - gx1[gi] + 1) * (gy2[gi] - gy1[gi] + 1)
+        inter = iw * ih
+        ua = (px2[seg] - px1[seg] + 1) * (py2[seg] - py1[seg] + 1) + box_area - inter
         with np.errstate(divide="ignore", invalid="ignore"):
-            ov[ok] = iw[ok] * ih[ok] / ua
-        row_max = np.maximum.reduceat(ov, seg_start)  # NaN propagates, as ndarray.max
-        # first index attaining the maximum (argmax); NaN rows never match below
-        is_max = ov == row_max[seg]
-        first = np.minimum.reduceat(np.where(is_max, local, np.iinfo(np.int64).max), seg_start)
-        hit = row_max >= iou_thresh
-        matched[a:b][hit] = g_starts[pred_img[a:b][hit]] + first[hit]
+            ov = inter / ua
+        # segments of the surviving pairs (still ordered by prediction, then face)
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+        row_max = np.maximum.reduceat(ov, starts)  # NaN propagates, as ndarray.max
+        lens = np.diff(np.r_[starts, len(seg)])
+        is_max = ov == np.repeat(row_max, lens)
+        first = np.minimum.reduceat(np.where(is_max, gi, np.iinfo(np.int64).max), starts)
+        hit = row_max >= iou_thresh  # NaN rows never match, as in the reference
+        matched[a + seg[starts[hit]]] = first[hit]
     return matched
 
 
