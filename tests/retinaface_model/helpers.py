@@ -32,3 +32,19 @@ def bgr_images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 256, (batch, 3, h, w), generator=g).float()
     return img - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+
+
+def calibrate_bn_(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``images`` (then eval mode), so a
+    randomly initialised network has unit-scale activations like a trained one."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over this one pass
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
