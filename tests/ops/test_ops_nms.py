@@ -1,0 +1,116 @@
+"""NMS vs torchvision.ops.nms / batched_nms (offset 0) and a plain greedy Python loop (any
+offset), on the vectorised torch reference and on the g++-emulated kernels."""
+import pytest
+import torch
+import torchvision
+
+from src.ops import batched_nms, nms, use_backend
+
+D = torch.float64
+
+
+@pytest.fixture(params=["reference", "emulate"])
+def backend(request):
+    with use_backend(request.param):
+        yield request.param
+
+
+def _greedy_loop(boxes, scores, thr, offset=0, idxs=None):
+    """The textbook algorithm, one box at a time, scalar IoU formula."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    b = boxes.tolist()
+
+    def iou(p, q):
+        iw = max(min(p[2], q[2]) - max(p[0], q[0]) + offset, 0.0)
+        ih = max(min(p[3], q[3]) - max(p[1], q[1]) + offset, 0.0)
+        inter = iw * ih
+        area = lambda r: max(r[2] - r[0] + offset, 0.0) * max(r[3] - r[1] + offset, 0.0)
+        union = area(p) + area(q) - inter
+        return inter / union if union > 0 else 0.0
+
+    keep = []
+    for i in order:
+        if all(iou(b[k], b[i]) <= thr or (idxs is not None and int(idxs[k]) != int(idxs[i]))
+               for k in keep):
+            keep.append(i)
+    return keep
+
+
+def _random(n, gen, dtype=D, spread=60.0):
+    xy = torch.rand(n, 2, generator=gen, dtype=dtype) * spread
+    wh = torch.rand(n, 2, generator=gen, dtype=dtype) * 20 + 1
+    return torch.cat([xy, xy + wh], 1), torch.rand(n, generator=gen, dtype=dtype)
+
+
+def test_hand_example(backend):
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9.0]],
+                         dtype=D)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95], dtype=D)
+    # box 3 (best) suppresses 0 (IoU 0.9) and 1 (IoU 81/119 = 0.68); box 2 is far away
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.95).tolist() == [3, 0, 1, 2]  # 0 vs 1: IoU 81/119 <= 0.95
+    assert nms(boxes, scores, 0.7).tolist() == [3, 1, 2]  # IoU(3, 1) = 0.68 <= 0.7
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torchvision(backend, thr, dtype):
+    gen = torch.Generator().manual_seed(int(thr * 10))
+    boxes, scores = _random(150, gen, dtype)  # > 64 boxes: several mask words per row
+    got = nms(boxes, scores, thr)
+    assert got.dtype == torch.int64
+    assert got.tolist() == torchvision.ops.nms(boxes, scores, thr).tolist()
+    idxs = torch.randint(0, 4, (150,), generator=gen)
+    assert (batched_nms(boxes, scores, idxs, thr).tolist()
+            == torchvision.ops.batched_nms(boxes, scores, idxs, thr).tolist())
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_matches_greedy_loop(backend, offset):
+    gen = torch.Generator().manual_seed(7 + offset)
+    boxes, scores = _random(90, gen, spread=40.0)
+    boxes = boxes.round()  # integer (VOC-style) boxes, where the +1 matters
+    scores[5] = scores[6]  # a score tie: the lower index ranks first
+    for thr in (0.4, 0.6):
+        assert nms(boxes, scores, thr, offset=offset).tolist() == _greedy_loop(
+            boxes, scores, thr, offset)
+        idxs = torch.randint(0, 3, (90,), generator=gen)
+        assert batched_nms(boxes, scores, idxs, thr, offset=offset).tolist() == _greedy_loop(
+            boxes, scores, thr, offset, idxs)
+
+
+def test_offset_changes_the_result(backend):
+    # IoU 0.142857 with offset 0 and 0.174757 with offset 1: a threshold of 0.16 separates them
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 15, 15.0]], dtype=D)
+    scores = torch.tensor([0.9, 0.8], dtype=D)
+    assert nms(boxes, scores, 0.16, offset=0).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.16, offset=1).tolist() == [0]
+
+
+def test_long_suppression_chain(backend):
+    # each box overlaps only its neighbours: greedy keeps every other box
+    x = torch.arange(40, dtype=D) * 6
+    boxes = torch.stack([x, torch.zeros_like(x), x + 10, torch.full_like(x, 10)], 1)
+    scores = torch.linspace(1, 0.5, 40, dtype=D)
+    got = nms(boxes, scores, 0.2)
+    assert got.tolist() == list(range(0, 40, 2))
+    assert got.tolist() == _greedy_loop(boxes, scores, 0.2)
+
+
+def test_batched_never_crosses_classes_even_with_negative_coords(backend):
+    boxes = torch.tensor([[-50, -50, -40, -40], [-50, -50, -40, -40], [-49, -50, -40, -40.0]],
+                         dtype=D)
+    scores = torch.tensor([0.5, 0.9, 0.7], dtype=D)
+    assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [1, 2]
+    assert batched_nms(boxes, scores, torch.tensor([0, 1, 2]), 0.5).tolist() == [1, 2, 0]
+
+
+def test_empty_and_errors(backend):
+    empty = torch.zeros(0, 4, dtype=D)
+    assert nms(empty, torch.zeros(0, dtype=D), 0.5).tolist() == []
+    assert batched_nms(empty, torch.zeros(0, dtype=D), torch.zeros(0, dtype=torch.long),
+                       0.5).tolist() == []
+    with pytest.raises(ValueError, match="scores must be"):
+        nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="boxes must be"):
+        nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
