@@ -158,5 +158,6 @@ def test_missing_pretrained_backbone_file_message(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="backbone ImageNet weights file not found"):
         RetinaFace("mobilenet0.25", pretrained=path)
     monkeypatch.chdir(tmp_path)  # pretrained=True looks for the reference's default location
-    with pytest.raises(FileNotFoundError, match="weights/mobilenetV1X0.25_pretrain.tar"):
+    with pytest.raises(FileNotFoundError, match="weights/mobilenetV1X0.25_pretrain.tar") as e:
         RetinaFace("mobilenet0.25", pretrained=True)
+    assert "pass pretrained=<path" in str(e.value) and "\n" not in str(e.value)

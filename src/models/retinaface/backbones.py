@@ -85,7 +85,8 @@ class ResNet50Body(nn.Module):
         import timm
 
         try:
-            net = timm.create_model("resnet50", pretrained=timm_pretrained)
+            # tv_in1k: torchvision's ImageNet weights, the ones the reference starts from
+            net = timm.create_model("resnet50.tv_in1k", pretrained=timm_pretrained)
         except Exception as e:  # network / hub errors: make the way out obvious
             raise RuntimeError(
                 f"could not fetch timm's ImageNet resnet50 weights ({type(e).__name__}: {e}); "
@@ -112,13 +113,20 @@ def build_backbone(name: str, pretrained: bool | str | os.PathLike = False) -> n
     """Build a backbone body, optionally with ImageNet weights.
 
     ``pretrained`` is False, True or a path to a local weights file. True means: for
-    ``resnet50`` timm's hub weights (needs internet); for ``mobilenet0.25`` the reference's
+    ``resnet50`` timm's ``resnet50.tv_in1k`` (torchvision's ImageNet weights, as the
+    reference uses; downloaded, so it needs internet); for ``mobilenet0.25`` the reference's
     ``weights/mobilenetV1X0.25_pretrain.tar`` relative to the working directory.
     """
     name = canonical_backbone(name)
     if name == "mobilenet0.25":
         body = MobileNetV1Body()
         if pretrained is True:
+            if not DEFAULT_MNET_PRETRAIN.is_file():
+                raise FileNotFoundError(
+                    f"MobileNetV1-0.25 ImageNet weights not found at {DEFAULT_MNET_PRETRAIN} "
+                    "(the reference's default place): pass pretrained=<path to "
+                    "mobilenetV1X0.25_pretrain.tar> or pretrained=False"
+                )
             pretrained = DEFAULT_MNET_PRETRAIN
     else:
         body = ResNet50Body(timm_pretrained=pretrained is True)
