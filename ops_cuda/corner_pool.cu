@@ -12,23 +12,25 @@
 #include "common.cuh"
 
 struct CvoLine {
-  i64 base, stride, len;
-  bool reverse;
+  i64 start, step, len;  // scan order: offsets start, start + step, ... (len of them)
 };
 
 __device__ __forceinline__ CvoLine cvo_line(i64 l, i64 h, i64 w, int direction) {
   CvoLine line;
+  i64 base, stride;
   if (direction < 2) {  // along H: lines are (plane, column)
     const i64 plane = l / w;
-    line.base = plane * h * w + (l - plane * w);
-    line.stride = w;
+    base = plane * h * w + (l - plane * w);
+    stride = w;
     line.len = h;
   } else {  // along W: lines are (plane, row)
-    line.base = l * w;
-    line.stride = 1;
+    base = l * w;
+    stride = 1;
     line.len = w;
   }
-  line.reverse = (direction == 0 || direction == 2);
+  const bool reverse = (direction == 0 || direction == 2);  // top / left scan backwards
+  line.start = reverse ? base + (line.len - 1) * stride : base;
+  line.step = reverse ? -stride : stride;
   return line;
 }
 
@@ -40,8 +42,9 @@ __global__ void corner_pool_fwd(const T* __restrict__ x, i64 planes, i64 h, i64 
     const CvoLine line = cvo_line(l, h, w, direction);
     A best = A(0);
     T best_raw = x[0];
+#pragma unroll 1
     for (i64 s = 0; s < line.len; ++s) {
-      const i64 off = line.base + (line.reverse ? line.len - 1 - s : s) * line.stride;
+      const i64 off = line.start + s * line.step;
       const A v = to_acc(x[off]);
       if (s == 0 || v > best) {
         best = v;
@@ -63,8 +66,9 @@ __global__ void corner_pool_bwd(const T* __restrict__ x, const T* __restrict__ g
     i64 arg = -1;
     A acc = A(0);  // gradient gathered by the current arg-max; each element is arg-max over
                    // one contiguous stretch of the scan, so it is written exactly once.
+#pragma unroll 1
     for (i64 s = 0; s < line.len; ++s) {
-      const i64 off = line.base + (line.reverse ? line.len - 1 - s : s) * line.stride;
+      const i64 off = line.start + s * line.step;
       const A v = to_acc(x[off]);
       const bool take = (s == 0) || (tie == 0 ? v >= best : v > best);
       if (take) {

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .registry import EMULATED, KERNEL_DIR, SOURCES, expression, read_source
 
-CXX_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unused-function")
+CXX_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unused-function",
+             "-Wno-unknown-pragmas")
 _libs: dict[str, ctypes.CDLL] = {}
 _lock = threading.Lock()
 
@@ -51,18 +52,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CV_OPS_CACHE", Path.home() / ".cache" / "cv_ops")) / "emulation"
 
 
-def build(source: str) -> Path:
-    """Compile the emulation library of ``source`` (cached by content hash); returns its path.
-    Raises RuntimeError with g++'s output when compilation fails."""
+def build_code(wrapper: str, stem: str) -> Path:
+    """Compile a C++ translation unit (that may include ops_cuda files) into a shared library
+    in the cache, keyed by its content and the kernel headers; returns the library path.
+    Raises RuntimeError with the compiler's output when compilation fails."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("kernel emulation needs a C++ compiler: install g++ or set $CXX")
-    wrapper = wrapper_source(source)
     digest = hashlib.sha256()
-    for part in (wrapper, read_source(source), read_source("common.cuh"),
-                 read_source("emu_shim.h"), " ".join((cxx,) + CXX_FLAGS)):
+    parts = [wrapper, read_source("common.cuh"), read_source("emu_shim.h"), cxx, *CXX_FLAGS]
+    parts += [read_source(s) for s in SOURCES if f'"{s}"' in wrapper]
+    for part in parts:
         digest.update(part.encode())
-    out = cache_dir() / f"{Path(source).stem}-{digest.hexdigest()[:16]}.so"
+    out = cache_dir() / f"{stem}-{digest.hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +75,14 @@ def build(source: str) -> Path:
         cmd = [cxx, *CXX_FLAGS, f"-I{KERNEL_DIR}", str(cpp), "-o", str(lib)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"g++ emulation build of ops_cuda/{source} failed:\n{res.stderr}")
+            raise RuntimeError(f"g++ emulation build of {stem} failed:\n{res.stderr}")
         os.replace(lib, out)
     return out
+
+
+def build(source: str) -> Path:
+    """Build (or find in the cache) the emulation library of ops_cuda/``source``."""
+    return build_code(wrapper_source(source), Path(source).stem)
 
 
 def library(source: str) -> ctypes.CDLL:

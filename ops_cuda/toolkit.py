@@ -60,14 +60,13 @@ class NvrtcError(RuntimeError):
     """An NVRTC compile failed; the message carries NVRTC's log."""
 
 
-def nvrtc_compile(source: str, arch: str, types: tuple[str, ...] | None = None) -> dict:
-    """Compile ops_cuda/``source`` to PTX for ``arch`` with CuPy's low-level NVRTC binding
-    (needs no GPU or driver). Returns ``{"ptx": bytes, "lowered": {expr: mangled}, "log": str}``;
-    raises NvrtcError with NVRTC's log when compilation fails."""
+def nvrtc_compile_code(code: str, filename: str, exprs: list[str], arch: str) -> dict:
+    """Compile CUDA C++ ``code`` to PTX for ``arch`` with CuPy's low-level NVRTC binding, which
+    needs no GPU or driver, only libnvrtc. Returns ``{"ptx": bytes, "lowered": {expr: mangled},
+    "log": str}``; raises NvrtcError carrying NVRTC's log when compilation fails."""
     from cupy_backends.cuda.libs import nvrtc
 
-    exprs = name_expressions(source, types)
-    prog = nvrtc.createProgram(read_source(source), source, [], [])
+    prog = nvrtc.createProgram(code, filename, [], [])
     try:
         for e in exprs:
             nvrtc.addNameExpression(prog, e)
@@ -75,9 +74,30 @@ def nvrtc_compile(source: str, arch: str, types: tuple[str, ...] | None = None) 
             nvrtc.compileProgram(prog, list(compile_options(arch)))
         except Exception as exc:  # nvrtc.NVRTCError
             log = nvrtc.getProgramLog(prog)
-            msg = f"NVRTC failed on ops_cuda/{source} for {arch}: {exc}\n{log}"
+            msg = f"NVRTC failed on {filename} for {arch}: {exc}\n{log}"
             raise NvrtcError(msg) from None
         lowered = {e: nvrtc.getLoweredName(prog, e) for e in exprs}
         return {"ptx": nvrtc.getPTX(prog), "lowered": lowered, "log": nvrtc.getProgramLog(prog)}
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def nvrtc_compile(source: str, arch: str, types: tuple[str, ...] | None = None) -> dict:
+    """Compile ops_cuda/``source`` with every name expression of the registry (restricted to
+    ``types`` when given) for ``arch``; see nvrtc_compile_code."""
+    return nvrtc_compile_code(read_source(source), f"ops_cuda/{source}",
+                              name_expressions(source, types), arch)
+
+
+def nvrtc_available() -> str | None:
+    """None when NVRTC compilation can run here, else the reason it cannot."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:
+        return f"NVRTC not loadable via cupy_backends ({type(exc).__name__}: {exc})"
+    if cuda_include_dir() is None:
+        return ("CUDA headers (cuda_fp16.h) not found: install the nvidia-cuda-runtime wheel "
+                "(torch's CUDA build pulls it) or set CV_OPS_CUDA_INCLUDE")
+    return None
