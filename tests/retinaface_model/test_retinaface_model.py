@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from src.models.retinaface import (
@@ -218,3 +220,13 @@ def test_three_anchors_per_cell_option():
         loc, conf, landm = model(bgr_images(1, 32, 48))
     p = num_priors((32, 48), model.min_sizes)
     assert p == model.priors((32, 48)).shape[0] == loc.shape[1] == conf.shape[1]
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(h=st.integers(1, 90), w=st.integers(1, 90))
+def test_mnet_prior_count_for_random_sizes(mnet, h, w):
+    with torch.no_grad():
+        loc, conf, landm = mnet(bgr_images(1, h, w))
+    assert loc.shape[1] == conf.shape[1] == landm.shape[1] == prior_boxes((h, w)).shape[0]
