@@ -117,7 +117,8 @@ def launch(source: str, name: str, ctype: str | None, device: torch.device, work
         packed = pack_cupy(args, torch.device("cuda", index))
         with torch.cuda.device(index), cupy.cuda.Device(index):
             stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream, index)
-            fn((grid,), (block,), packed, stream=stream)
+            with stream:  # RawKernel launches on CuPy's current stream: make it torch's
+                fn((grid,), (block,), packed)
     elif device.type == "cpu":
         grid = 1 if single_thread else max(1, min(EMU_MAX_GRID, -(-work // EMU_BLOCK)))
         block = 1 if single_thread else EMU_BLOCK
