@@ -1,4 +1,5 @@
-"""Shared, session-wide models (building a timm ResNet-50 costs seconds on CPU), and one
+"""Shared, session-wide models (building a timm ResNet-50 costs seconds on CPU) with random
+weights and BN statistics taken from random images (unit-scale activations), and one
 intra-op thread while these tests run: the networks here are tiny, and on a busy 2-core
 machine OpenMP's spinning makes two threads several times slower than one.
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from src.models.retinaface import RetinaFace
-from tests.retinaface_model.helpers import randomize_
+from tests.retinaface_model.helpers import bgr_images, calibrate_bn_, randomize_
 
 
 @contextlib.contextmanager
@@ -36,10 +37,12 @@ def one_thread():
 @pytest.fixture(scope="session")
 def mnet():
     with _one_thread():
-        return randomize_(RetinaFace("mobilenet0.25"), seed=1).eval()
+        model = randomize_(RetinaFace("mobilenet0.25"), seed=1)
+        return calibrate_bn_(model, bgr_images(4, 64, 64, seed=1))
 
 
 @pytest.fixture(scope="session")
 def r50():
     with _one_thread():
-        return randomize_(RetinaFace("resnet50"), seed=2).eval()
+        model = randomize_(RetinaFace("resnet50"), seed=2)
+        return calibrate_bn_(model, bgr_images(2, 64, 64, seed=2))
