@@ -176,8 +176,11 @@ class BBoxBatchIOU(nn.Module):
             a = center_to_corner(a)
             b = center_to_corner(b)
         iou = box_iou(a, b, offset=self._offset)
-        pad = pad_a.unsqueeze(-1) | pad_b.unsqueeze(-2)
-        return iou.masked_fill(pad, PAD_IOU)
+        if iou.requires_grad:
+            return iou.masked_fill(pad_a.unsqueeze(-1) | pad_b.unsqueeze(-2), PAD_IOU)
+        # two in-place broadcast fills: no (B, N, M) mask is materialised
+        return iou.masked_fill_(pad_a.unsqueeze(-1), PAD_IOU).masked_fill_(
+            pad_b.unsqueeze(-2), PAD_IOU)
 
 
 class BBoxClipToImage(nn.Module):

@@ -39,7 +39,7 @@ def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: boo
         return row_match.reshape(*lead, n), col_match.reshape(*lead, m)
     # Candidates strictly above threshold; everything else (and NaN) is -inf for good.
     neg_inf = torch.tensor(float("-inf"), dtype=work.dtype, device=x.device)
-    work = torch.where(work > threshold, work, neg_inf).clone()
+    work = torch.where(work > threshold, work, neg_inf)
     batch = torch.arange(bsz, device=x.device)
     for _ in range(min(n, m)):
         best, flat = work.reshape(bsz, -1).max(dim=1)  # first max in row-major order
