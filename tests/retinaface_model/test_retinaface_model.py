@@ -229,3 +229,21 @@ def test_mnet_prior_count_for_random_sizes(mnet, h, w):
     with torch.no_grad():
         loc, conf, landm = mnet(bgr_images(1, h, w))
     assert loc.shape[1] == conf.shape[1] == landm.shape[1] == prior_boxes((h, w)).shape[0]
+
+
+def test_r50_body_equals_torchvision_resnet50_layers_2_to_4(r50):
+    """The reference's body is torchvision's resnet50 cut by IntermediateLayerGetter; the timm
+    body with the same state dict must compute the same features."""
+    from torchvision.models import resnet50
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    tv = resnet50(weights=None)
+    missing, unexpected = tv.load_state_dict(r50.body.state_dict(), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    getter = IntermediateLayerGetter(tv, {"layer2": 1, "layer3": 2, "layer4": 3}).eval()
+    x = bgr_images(1, 45, 61, seed=7)
+    with torch.no_grad():
+        want = list(getter(x).values())
+        got = r50.body(x)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
