@@ -25,6 +25,7 @@ from .coder import (
 )
 from .feature import FeatureExpander, FeatureExtractor
 from .matcher import BipartiteMatcher, CompositeMatcher, MaximumMatcher, bipartite_matching
+from .nms import box_nms
 from .predictor import ConvPredictor, FCPredictor
 from .sampler import HardNegativeSampler, NaiveSampler, OHEMSampler, QuotaSampler, select_top_k
 
@@ -56,5 +57,6 @@ __all__ = [
     "QuotaSampler",
     "SigmoidClassEncoder",
     "bipartite_matching",
+    "box_nms",
     "select_top_k",
 ]

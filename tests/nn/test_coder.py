@@ -205,3 +205,42 @@ def test_class_encoders_and_decoders():
     # class axis other than last
     ids1, _ = MultiPerClassDecoder(num_class=6, axis=1)(x.transpose(1, 2))
     assert torch.equal(ids1, ids)
+
+
+class _AllDecoders(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.box = NormalizedBoxCenterDecoder(convert_anchor=True)
+        self.lm = NormalizedLandmarkCenterDecoder(convert_anchor=True)
+        self.cls = MultiClassDecoder(thresh=0.2)
+        self.per_cls = MultiPerClassDecoder(num_class=4, thresh=0.2)
+
+    def forward(self, loc, landm, conf, anchors):
+        prob = conf.softmax(-1)
+        ids, scores = self.cls(prob)
+        pids, pscores = self.per_cls(prob)
+        return self.box(loc, anchors), self.lm(landm, anchors), ids, scores, pids, pscores
+
+
+def test_all_decoders_onnx_export():
+    ort = pytest.importorskip("onnxruntime")
+    gen = torch.Generator().manual_seed(5)
+
+    def inputs(b, n):
+        return (torch.randn(b, n, 4, generator=gen), torch.randn(b, n, 10, generator=gen),
+                torch.randn(b, n, 4, generator=gen) * 2,
+                random_boxes(gen, n, dtype=torch.float32))
+
+    model = _AllDecoders().eval()
+    names = ["loc", "landm", "conf", "anchors"]
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs(1, 7), f, dynamo=False, input_names=names,
+                          dynamic_axes={"loc": {0: "B", 1: "N"}, "landm": {0: "B", 1: "N"},
+                                        "conf": {0: "B", 1: "N"}, "anchors": {0: "N"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    x = inputs(3, 50)
+    got = sess.run(None, {k: v.numpy() for k, v in zip(names, x)})
+    for g, want in zip(got, model(*x)):
+        np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-4)
