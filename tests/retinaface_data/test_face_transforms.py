@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from src.data import face_transforms as ft
 from src.data.synthetic_faces import make_image
@@ -165,3 +167,39 @@ def test_min_face_size_filter():
     out = ft.random_square_crop(image, BOXES, LABELS, LANDMARKS, 64, Scripted([4, 100]),
                                 min_face_size=16)
     np.testing.assert_array_equal(out[1], [[20, 20, 60, 70]])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.sampled_from(ft.LANDMARK_POLICIES))
+def test_crop_invariants(seed, n, policy):
+    """Kept faces have their centre strictly inside the crop; boxes lie in the crop; a face not
+    cut by the crop keeps its exact landmark offsets; the policy decides the rest."""
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(40, 120)), int(rng.integers(40, 120))
+    xy = rng.uniform(0, [width - 6, height - 6], (n, 2))
+    wh = rng.uniform(4, 40, (n, 2))
+    boxes = np.c_[xy, np.minimum(xy + wh, [width, height])]
+    size = boxes[:, None, 2:] - boxes[:, None, :2]
+    lm = boxes[:, None, :2] + rng.uniform(0, 1, (n, 5, 2)) * size
+    lm = lm.reshape(n, 10)
+    labels = np.where(rng.random(n) < 0.7, 1, -1)
+    lm[labels < 0] = -1
+    image = np.zeros((height, width, 3), np.uint8)
+    img, b, lab, m, pad = ft.random_square_crop(image, boxes, labels, lm, 64, rng,
+                                                landmark_policy=policy)
+    if pad:
+        return
+    side = img.shape[0]
+    assert img.shape[1] == side and len(b) >= 1
+    assert ((b >= 0) & (b <= side)).all() and (b[:, 2:] >= b[:, :2]).all()
+    pts = m.reshape(-1, 5, 2)
+    assert (pts[lab < 0] == -1).all()
+    inside = ((pts >= 0) & (pts <= side)).all(axis=(1, 2))
+    if policy in ("drop", "clamp"):
+        assert inside[lab > 0].all()
+    # match kept faces back to the originals by size (crop only translates uncut boxes)
+    for bb, pp, la in zip(b, pts, lab):
+        same = np.flatnonzero(np.isclose(boxes[:, 2:] - boxes[:, :2], bb[2:] - bb[:2]).all(1))
+        if la > 0 and len(same) == 1 and labels[same[0]] > 0:
+            k = same[0]
+            np.testing.assert_allclose(pp - bb[:2], lm[k].reshape(5, 2) - boxes[k, :2], atol=1e-9)
