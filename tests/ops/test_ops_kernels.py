@@ -1,6 +1,8 @@
 """The kernels themselves, without a GPU: every .cu compiles with NVRTC for sm_75/80/90 and every
 dtype instantiation; the g++ emulation harness builds, strides and refuses barriers."""
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -28,8 +30,8 @@ def test_nvrtc_compiles(source, arch):
     ptx = out["ptx"].decode() if isinstance(out["ptx"], bytes) else out["ptx"]
     assert f".target {arch}" in ptx
     exprs = registry.name_expressions(source)
-    for kernel, types in registry.SOURCES[source].items():  # each dtype instantiation exists
-        for t in types or [None]:
+    for kernel, ctypes_ in registry.SOURCES[source].items():  # each dtype instantiation
+        for t in ctypes_ or [None]:
             assert registry.expression(kernel, t) in exprs
     for expr in exprs:
         mangled = out["lowered"][expr]
@@ -81,3 +83,45 @@ def test_launch_checks_its_arguments():
         launch.pack_ctypes((3,), torch.device("cpu"))  # a bare int has no declared C type
     with pytest.raises(TypeError, match="emulation supports"):
         emulate.launch("focal_loss.cu", "sigmoid_focal_fwd", "__half", 1, 1, [])
+
+
+def test_cupy_loader_compiles_once_per_device_with_all_name_expressions(monkeypatch):
+    """The CUDA branch's Python side, with a stand-in for CuPy (no GPU here)."""
+    made = []
+
+    class FakeModule:
+        def __init__(self, code, options, name_expressions):
+            made.append((code, options, name_expressions))
+
+        def get_function(self, expr):
+            assert expr in made[-1][2]
+            return ("function", expr)
+
+    class FakeDevice:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    cuda = types.SimpleNamespace(Device=FakeDevice)
+    fake = types.SimpleNamespace(RawModule=FakeModule, cuda=cuda)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(launch, "_modules", {})
+    monkeypatch.setattr(launch, "_functions", {})
+    f1 = launch._cupy_function("focal_loss.cu", "sigmoid_focal_fwd<__half>", 1)
+    f2 = launch._cupy_function("focal_loss.cu", "sigmoid_focal_bwd<float>", 1)
+    launch._cupy_function("focal_loss.cu", "sigmoid_focal_fwd<__half>", 1)  # cached
+    launch._cupy_function("focal_loss.cu", "sigmoid_focal_fwd<__half>", 2)  # another device
+    assert f1 == ("function", "sigmoid_focal_fwd<__half>") and f2[1] == "sigmoid_focal_bwd<float>"
+    assert len(made) == 2  # one module per (source, device)
+    code, options, exprs = made[0]
+    assert code == registry.read_source("focal_loss.cu")
+    assert set(exprs) == set(registry.name_expressions("focal_loss.cu"))
+    assert any(o.startswith("-I") and o.endswith("ops_cuda") for o in options)
+    packed = launch.pack_cupy((torch.zeros(3), None, np.int32(2)), torch.device("cpu"))
+    assert [type(p) for p in packed] == [np.uint64, np.uint64, np.int32]
+    assert packed[1] == 0

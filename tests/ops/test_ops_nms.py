@@ -3,6 +3,8 @@ offset), on the vectorised torch reference and on the g++-emulated kernels."""
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from src.ops import batched_nms, nms, use_backend
 
@@ -114,3 +116,21 @@ def test_empty_and_errors(backend):
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match="boxes must be"):
         nms(torch.zeros(3, 5), torch.zeros(3), 0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(1, 8),
+                          st.integers(1, 8), st.integers(0, 4), st.integers(0, 2)),
+                min_size=1, max_size=30),
+       st.sampled_from([0.0, 0.3, 0.5]), st.sampled_from([0, 1]))
+def test_property_reference_kernel_and_loop_agree(rows, thr, offset):
+    """Small integer boxes with many exact duplicates, score ties and IoU ties."""
+    t = torch.tensor(rows, dtype=D)
+    boxes = torch.stack([t[:, 0], t[:, 1], t[:, 0] + t[:, 2], t[:, 1] + t[:, 3]], 1)
+    scores, idxs = t[:, 4], t[:, 5].long()
+    want = _greedy_loop(boxes, scores, thr, offset)
+    want_b = _greedy_loop(boxes, scores, thr, offset, idxs)
+    for mode in ("reference", "emulate"):
+        with use_backend(mode):
+            assert nms(boxes, scores, thr, offset).tolist() == want
+            assert batched_nms(boxes, scores, idxs, thr, offset).tolist() == want_b
