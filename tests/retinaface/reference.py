@@ -1,0 +1,151 @@
+"""Per-image Python-loop formulation of the reference RetinaFace target assignment and loss
+(biubug6/Pytorch_Retinaface ``utils/box_utils.py`` ``match`` / ``encode`` / ``encode_landm`` /
+``log_sum_exp`` and ``layers/modules/multibox_loss.py``), written independently of ``src/`` as
+the oracle of the tests and the baseline of ``benchmarks/retinaface.py``.
+
+Differences from the reference, none of which changes a value it can compute:
+
+* ``fixed=True`` runs the forcing loop over the kept faces only (the bug fix this repository
+  makes); ``fixed=False`` is the reference's loop over all faces;
+* an image with no face at all (the reference crashes on ``max`` of an empty tensor) is all
+  background;
+* ``faces_without_landmarks`` (label -1) keep whatever landmark values they carry; they are
+  excluded from the landmark loss by their label, as in the reference.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def point_form(priors: torch.Tensor) -> torch.Tensor:
+    return torch.cat((priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2), 1)
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    max_xy = torch.min(a[:, None, 2:], b[None, :, 2:])
+    min_xy = torch.max(a[:, None, :2], b[None, :, :2])
+    inter = (max_xy - min_xy).clamp(min=0)
+    inter = inter[..., 0] * inter[..., 1]
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
+    return inter / (area_a + area_b - inter)
+
+
+def encode(matched, priors, variances):
+    g_cxcy = (matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]
+    g_cxcy = g_cxcy / (variances[0] * priors[:, 2:])
+    g_wh = (matched[:, 2:] - matched[:, :2]) / priors[:, 2:]
+    g_wh = torch.log(g_wh) / variances[1]
+    return torch.cat([g_cxcy, g_wh], 1)
+
+
+def encode_landm(matched, priors, variances):
+    m = matched.reshape(-1, 5, 2)
+    g = (m - priors[:, None, :2]) / (variances[0] * priors[:, None, 2:])
+    return g.reshape(-1, 10)
+
+
+def match_one(threshold, truths, priors, variances, labels, landms, fixed=False,
+              ignore_thresh=0.2):
+    """One image: returns (loc_t (P, 4), conf_t (P,) with labels 1/-1 or 0, landm_t (P, 10))."""
+    p = priors.shape[0]
+    loc_t = torch.zeros(p, 4, dtype=priors.dtype)
+    landm_t = torch.zeros(p, 10, dtype=priors.dtype)
+    conf_t = torch.zeros(p, dtype=torch.long)
+    if truths.shape[0] == 0:
+        return loc_t, conf_t, landm_t
+    overlaps = jaccard(truths, point_form(priors))
+    best_prior_overlap, best_prior_idx = overlaps.max(1)
+    valid_gt = best_prior_overlap >= ignore_thresh
+    if not valid_gt.any():
+        return loc_t, conf_t, landm_t
+    best_truth_overlap, best_truth_idx = overlaps.max(0)
+    best_truth_overlap = best_truth_overlap.clone()
+    best_truth_idx = best_truth_idx.clone()
+    best_truth_overlap.index_fill_(0, best_prior_idx[valid_gt], 2)
+    for j in range(best_prior_idx.shape[0]):
+        if fixed and not valid_gt[j]:
+            continue
+        best_truth_idx[best_prior_idx[j]] = j
+    matches = truths[best_truth_idx]
+    conf = labels[best_truth_idx].long().clone()
+    conf[best_truth_overlap < threshold] = 0
+    loc = encode(matches, priors, variances)
+    landm = encode_landm(landms[best_truth_idx], priors, variances)
+    return loc, conf, landm
+
+
+def reference_targets(priors, targets, threshold=0.35, variances=(0.1, 0.2), fixed=False):
+    """``targets``: list of per-image (n_i, 15) tensors ``x1 y1 x2 y2, 10 landmarks, label``."""
+    locs, confs, landms = [], [], []
+    for t in targets:
+        loc, conf, landm = match_one(threshold, t[:, :4], priors, variances, t[:, -1],
+                                     t[:, 4:14], fixed=fixed)
+        locs.append(loc)
+        confs.append(conf)
+        landms.append(landm)
+    return torch.stack(locs), torch.stack(confs), torch.stack(landms)
+
+
+def log_sum_exp(x):
+    x_max = x.detach().max()
+    return torch.log(torch.sum(torch.exp(x - x_max), 1, keepdim=True)) + x_max
+
+
+def reference_loss(predictions, priors, targets, threshold=0.35, negpos_ratio=7,
+                   variances=(0.1, 0.2), fixed=False, loc_weight=2.0):
+    """The reference ``MultiBoxLoss.forward`` (per-image matching loop) plus
+    ``loss = loc_weight * loss_l + loss_c + loss_landm`` as its train.py forms it."""
+    loc_data, conf_data, landm_data = predictions
+    num = loc_data.shape[0]
+    with torch.no_grad():
+        loc_t, conf_t, landm_t = reference_targets(priors, targets, threshold, variances, fixed)
+    pos1 = conf_t > 0
+    n1 = max(float(pos1.long().sum()), 1.0)
+    landm_p = landm_data[pos1.unsqueeze(-1).expand_as(landm_data)].view(-1, 10)
+    landm_tt = landm_t[pos1.unsqueeze(-1).expand_as(landm_t)].view(-1, 10)
+    loss_landm = F.smooth_l1_loss(landm_p, landm_tt, reduction="sum")
+
+    pos = conf_t != 0
+    conf_t = conf_t.clone()
+    conf_t[pos] = 1
+    loc_p = loc_data[pos.unsqueeze(-1).expand_as(loc_data)].view(-1, 4)
+    loc_tt = loc_t[pos.unsqueeze(-1).expand_as(loc_t)].view(-1, 4)
+    loss_l = F.smooth_l1_loss(loc_p, loc_tt, reduction="sum")
+
+    batch_conf = conf_data.reshape(-1, 2)
+    loss_c = log_sum_exp(batch_conf) - batch_conf.gather(1, conf_t.view(-1, 1))
+    loss_c = loss_c.detach().clone()
+    loss_c[pos.view(-1, 1)] = 0
+    loss_c = loss_c.view(num, -1)
+    _, loss_idx = loss_c.sort(1, descending=True)
+    _, idx_rank = loss_idx.sort(1)
+    num_pos = pos.long().sum(1, keepdim=True)
+    num_neg = torch.clamp(negpos_ratio * num_pos, max=pos.shape[1] - 1)
+    neg = idx_rank < num_neg.expand_as(idx_rank)
+    sel = (pos | neg)
+    conf_p = conf_data[sel.unsqueeze(2).expand_as(conf_data)].view(-1, 2)
+    loss_c = F.cross_entropy(conf_p, conf_t[sel], reduction="sum")
+    n = max(float(num_pos.sum()), 1.0)
+    loss_l = loss_l / n
+    loss_c = loss_c / n
+    loss_landm = loss_landm / n1
+    return {"loss": loc_weight * loss_l + loss_c + loss_landm, "loc": loss_l, "cls": loss_c,
+            "landm": loss_landm, "num_pos": float(pos.sum()), "conf_t": conf_t, "pos": pos}
+
+
+def pad_targets(targets, dtype=torch.float64):
+    """Per-image (n_i, 15) targets -> padded (boxes (B, M, 4), labels (B, M), landmarks
+    (B, M, 10)) with -1 padding, as the collate function of the data module gives them."""
+    m = max([t.shape[0] for t in targets] + [0])
+    b = len(targets)
+    boxes = torch.full((b, m, 4), -1.0, dtype=dtype)
+    labels = torch.full((b, m), -1, dtype=torch.long)
+    landms = torch.full((b, m, 10), -1.0, dtype=dtype)
+    for i, t in enumerate(targets):
+        k = t.shape[0]
+        boxes[i, :k] = t[:, :4]
+        landms[i, :k] = t[:, 4:14]
+        labels[i, :k] = t[:, -1].long()
+    return boxes, labels, landms
