@@ -451,6 +451,9 @@ def write_widerface_predictions(
     """Write ``out_dir/event/name.txt``: name line, count line, ``x y w h score`` lines.
 
     Values are written with Python's shortest round-trip repr, so reading back is lossless.
+    The reference reader keys files by ``name_line.rstrip('.jpg')``, which also eats trailing
+    'j', 'p', 'g' letters of a name; WIDER names end in digits, so this only matters for
+    custom names.
     """
     out_dir = Path(out_dir)
     written = []

@@ -239,3 +239,16 @@ def test_real_ground_truth_full_identical_to_reference(request):
     preds = ref.synthetic_predictions(*arrays[:3], seed=1)
     ours = evaluate_widerface(preds, load_widerface_gt(REAL_GT))
     assert ours == ref.reference_evaluation(ref.nested(preds), *arrays)
+
+
+def test_written_files_read_by_the_reference_reader(tmp_path):
+    gt, preds = _random_case(np.random.default_rng(11))
+    preds[("ev0", "empty_9")] = np.zeros((0, 5))
+    write_widerface_predictions(preds, tmp_path / "pred")
+    # (the reference's reader strips names with rstrip('.jpg'): a name ending in j, p or g would
+    # lose letters there; WIDER names end in digits, and our reader strips the suffix only)
+    theirs = ref.get_preds(str(tmp_path / "pred"))
+    assert {(e, n) for e, d in theirs.items() for n in d} == set(preds)
+    for (e, n), a in preds.items():
+        np.testing.assert_array_equal(theirs[e][n].reshape(-1, 5), a)
+    assert _same(evaluate_widerface(preds, gt), _oracle_on(gt, preds, tmp_path), gt)

@@ -213,3 +213,35 @@ def synthetic_predictions(facebox_list, event_list, file_list, seed: int = 0) ->
             arr = arr[np.argsort(-arr[:, 4], kind="stable")]
             out[(event, name)] = arr
     return out
+
+
+def read_pred_file(filepath):
+    """The reference's reader of one prediction file (name line, count line, box lines)."""
+    with open(filepath) as f:
+        lines = f.readlines()
+        img_file = lines[0].rstrip("\n\r")
+        lines = lines[2:]
+    boxes = []
+    for line in lines:
+        line = line.rstrip("\r\n").split(" ")
+        if line[0] == "":
+            continue
+        boxes.append([float(line[0]), float(line[1]), float(line[2]), float(line[3]),
+                      float(line[4])])
+    boxes = np.array(boxes)
+    return img_file.split("/")[-1], boxes
+
+
+def get_preds(pred_dir):
+    """The reference's directory walk: {event: {name: boxes}}."""
+    import os
+
+    boxes = {}
+    for event in os.listdir(pred_dir):
+        event_dir = os.path.join(pred_dir, event)
+        current_event = {}
+        for imgtxt in os.listdir(event_dir):
+            imgname, _boxes = read_pred_file(os.path.join(event_dir, imgtxt))
+            current_event[imgname.rstrip(".jpg")] = _boxes
+        boxes[event] = current_event
+    return boxes
