@@ -18,6 +18,7 @@ import torch
 
 BACKENDS = ("auto", "reference", "emulate")
 _EMULATED_DTYPES = (torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _initial_backend() -> str:
@@ -64,14 +65,16 @@ def _cupy_ok() -> bool:
 def kernel_device(*tensors: torch.Tensor, dtypes=None) -> torch.device | None:
     """The device to launch the kernel on, or None when the reference path must run.
 
-    ``dtypes`` lists the floating types the kernel takes (default: all four on CUDA)."""
+    The first tensor decides the element type; all must share its device. ``dtypes`` lists
+    the floating types the kernel takes (default: float32/64, float16, bfloat16)."""
     mode = get_backend()
+    dtypes = _KERNEL_DTYPES if dtypes is None else dtypes
     if mode == "reference":
         return None
     first = tensors[0]
     if any(t.device != first.device for t in tensors):
         return None  # let the reference raise torch's own device-mismatch error
-    if not first.is_floating_point() or (dtypes is not None and first.dtype not in dtypes):
+    if first.dtype not in dtypes:
         return None
     if first.device.type == "cuda":
         return first.device if _cupy_ok() else None

@@ -119,7 +119,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     if normalization == "positive":
         valid = valid & (targets > 0)
     norm = valid.sum().clamp(min=1).to(logits.dtype)
-    if kernel_device(logits) is not None:
+    if kernel_device(logits, targets) is not None:
         total = SigmoidFocalSum.apply(logits, targets, float(alpha), float(gamma),
                                       int(ignore_index))
     else:
@@ -196,7 +196,8 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor,
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: choose one of {REDUCTIONS}")
-    input, target = torch.broadcast_tensors(input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    input, target = torch.broadcast_tensors(input.to(dtype), target.to(dtype))
     sigma = torch.as_tensor(sigma, dtype=input.dtype, device=input.device)
     if torch.broadcast_shapes(sigma.shape, input.shape) != input.shape:
         raise ValueError(f"smooth_l1_loss: sigma of shape {tuple(sigma.shape)} must broadcast "
@@ -261,7 +262,8 @@ def wing_loss(input: torch.Tensor, target: torch.Tensor, w: float = 10.0, eps: f
         raise ValueError(f"reduction={reduction!r}: choose one of {REDUCTIONS}")
     if w <= 0 or eps <= 0:
         raise ValueError(f"wing_loss: w and eps must be > 0, got w={w}, eps={eps}")
-    input, target = torch.broadcast_tensors(input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    input, target = torch.broadcast_tensors(input.to(dtype), target.to(dtype))
     if kernel_device(input, target) is not None and input.numel() > 0:
         loss = Wing.apply(input, target, float(w), float(eps))
     else:

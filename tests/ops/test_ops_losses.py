@@ -222,3 +222,12 @@ def test_elementwise_losses_float32(backend):
     for fn in (lambda a, b: smooth_l1_loss(a, b, 1.5), lambda a, b: wing_loss(a, b)):
         torch.testing.assert_close(fn(x, t).double(), fn(x.double(), t.double()),
                                    rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_dtypes_promote(backend):
+    x = torch.tensor([0.5, -3.0], dtype=torch.float32)
+    t = torch.tensor([0.0, 0.0], dtype=D)
+    for fn in (smooth_l1_loss, wing_loss):
+        got = fn(x, t)
+        assert got.dtype == D
+        torch.testing.assert_close(got, fn(x.double(), t))
