@@ -13,6 +13,7 @@ from .bbox import (
     BBoxSplit,
 )
 from .coder import (
+    CenterNetDecoder,
     MultiClassDecoder,
     MultiClassEncoder,
     MultiPerClassDecoder,
@@ -37,6 +38,7 @@ __all__ = [
     "BBoxCornerToCenter",
     "BBoxSplit",
     "BipartiteMatcher",
+    "CenterNetDecoder",
     "CompositeMatcher",
     "ConvPredictor",
     "FCPredictor",

@@ -27,6 +27,7 @@ __all__ = [
     "MultiClassDecoder",
     "MultiPerClassDecoder",
     "SigmoidClassEncoder",
+    "CenterNetDecoder",
     "gather_matched",
 ]
 
@@ -101,13 +102,18 @@ class NormalizedBoxCenterDecoder(nn.Module):
         convert_anchor: anchors are corner boxes (True) or centre boxes (False, GluonCV default).
         clip: if given, the log size ratio is clamped to at most ``clip`` before ``exp``
             (``clip=0`` clips too; GluonCV treated 0 as "no clip").
+        minimal_opset: accepted for GluonCV compatibility; the decoder only uses basic ops.
+
+    Argument order follows the GluonCV documentation (``stds, means, convert_anchor, clip``);
+    GluonCV's code has no ``means`` argument, so pass the others by keyword.
 
     ``forward(x, anchors)``: ``x`` ``(B, N, 4)``, anchors ``(B, N, 4)`` or ``(N, 4)``; returns
     ``(B, N, 4)`` corner boxes. ONNX-exportable.
     """
 
     def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
-                 convert_anchor: bool = False, clip: float | None = None):
+                 convert_anchor: bool = False, clip: float | None = None,
+                 minimal_opset: bool = False):
         super().__init__()
         self._stds = _check_len("stds", stds, 4)
         self._means = _check_len("means", means, 4)
@@ -306,3 +312,37 @@ class SigmoidClassEncoder(nn.Module):
         mask = (~ignore).to(samples.dtype)
         return target, mask
 
+
+
+class CenterNetDecoder(nn.Module):
+    """CenterNet decoding: the ``topk`` best heatmap peaks to boxes.
+
+    ``forward(x, wh, reg)``: ``x`` ``(B, C, H, W)`` heatmap scores (after sigmoid and the
+    max-pool peak filter), ``wh`` and ``reg`` ``(B, 2, H, W)`` box sizes and centre offsets in
+    output-map units. Returns ``(classes, scores, boxes)``: ``(B, K)`` int64 class ids,
+    ``(B, K)`` scores (decreasing) and ``(B, K, 4)`` corner boxes scaled by ``scale`` to input
+    pixels, with ``K = min(topk, C * H * W)``. ONNX-exportable.
+    """
+
+    def __init__(self, topk: int = 100, scale: float = 4.0):
+        super().__init__()
+        self._topk = topk
+        self._scale = scale
+
+    def forward(self, x, wh, reg):
+        b, c, h, w = x.shape
+        k = min(self._topk, c * h * w)
+        scores, indices = x.reshape(b, -1).topk(k, dim=1)
+        classes = torch.div(indices, h * w, rounding_mode="floor")
+        pix = indices - classes * (h * w)
+        ys = torch.div(pix, w, rounding_mode="floor")
+        xs = pix - ys * w
+        idx = pix.unsqueeze(1).expand(-1, 2, -1)
+        off = torch.gather(reg.reshape(b, 2, -1), 2, idx)  # (B, 2, K)
+        size = torch.gather(wh.reshape(b, 2, -1), 2, idx)
+        cx = xs.to(x.dtype) + off[:, 0]
+        cy = ys.to(x.dtype) + off[:, 1]
+        half_w = size[:, 0] / 2
+        half_h = size[:, 1] / 2
+        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+        return classes, scores, boxes * self._scale

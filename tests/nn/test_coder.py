@@ -244,3 +244,46 @@ def test_all_decoders_onnx_export():
     got = sess.run(None, {k: v.numpy() for k, v in zip(names, x)})
     for g, want in zip(got, model(*x)):
         np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_centernet_decoder_against_loop_oracle():
+    from src.nn import CenterNetDecoder
+
+    gen = torch.Generator().manual_seed(6)
+    b, c, h, w = 2, 3, 5, 7
+    heat = torch.rand(b, c, h, w, generator=gen, dtype=f64)
+    wh = torch.rand(b, 2, h, w, generator=gen, dtype=f64) * 4
+    reg = torch.rand(b, 2, h, w, generator=gen, dtype=f64)
+    classes, scores, boxes = CenterNetDecoder(topk=6, scale=4.0)(heat, wh, reg)
+    assert classes.shape == (2, 6) and boxes.shape == (2, 6, 4)
+    for i in range(b):
+        flat = [(heat[i, cc, y, x].item(), cc, y, x)
+                for cc in range(c) for y in range(h) for x in range(w)]
+        flat.sort(key=lambda t: -t[0])
+        for k, (s, cc, y, x) in enumerate(flat[:6]):
+            assert classes[i, k].item() == cc and scores[i, k].item() == s
+            cx, cy = x + reg[i, 0, y, x].item(), y + reg[i, 1, y, x].item()
+            bw, bh = wh[i, 0, y, x].item(), wh[i, 1, y, x].item()
+            want = [4 * (cx - bw / 2), 4 * (cy - bh / 2), 4 * (cx + bw / 2), 4 * (cy + bh / 2)]
+            np.testing.assert_allclose(boxes[i, k].numpy(), want, rtol=1e-12)
+    assert CenterNetDecoder(topk=1000)(heat, wh, reg)[0].shape == (2, c * h * w)
+
+
+def test_centernet_decoder_onnx_export():
+    ort = pytest.importorskip("onnxruntime")
+    from src.nn import CenterNetDecoder
+
+    gen = torch.Generator().manual_seed(7)
+    args = (torch.rand(2, 3, 8, 8, generator=gen), torch.rand(2, 2, 8, 8, generator=gen),
+            torch.rand(2, 2, 8, 8, generator=gen))
+    model = CenterNetDecoder(topk=10).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, f, dynamo=False, input_names=["x", "wh", "reg"],
+                          dynamic_axes={"x": {0: "B"}, "wh": {0: "B"}, "reg": {0: "B"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    args2 = tuple(torch.rand(4, *a.shape[1:], generator=gen) for a in args)
+    got = sess.run(None, dict(zip(["x", "wh", "reg"], (a.numpy() for a in args2))))
+    for g, want in zip(got, model(*args2)):
+        np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-5)
