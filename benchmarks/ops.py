@@ -1,7 +1,7 @@
 """Benchmark src.ops: per op and size, the torch reference, the naive composite a user would
 otherwise write, and the ops_cuda kernel when a GPU (and CuPy) is present.
 
-    python benchmarks/ops.py [--device cpu|cuda] [--repeat 5] [--quick]
+    python benchmarks/ops.py [--device cpu|cuda] [--repeat 5] [--quick] [--threads N]
 
 Times are the median wall time of one forward+backward (forward only for box_iou and NMS) in
 milliseconds, float32, after a warm-up. Peak memory is torch.cuda.max_memory_allocated above
@@ -180,7 +180,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives steadier numbers on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     kernel = device.type == "cuda"
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "

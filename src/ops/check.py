@@ -60,7 +60,7 @@ def numeric_vs_analytic(fn: Callable, inputs: Sequence[torch.Tensor], *, eps: fl
     with torch.no_grad():
         v = _upstream(fn(*inputs), seed)
     analytic = analytic_grads(fn, inputs, v)
-    worst = (0.0, 0.0, "no differentiable input", True)
+    worst_err, worst_rel, where, all_ok = -1.0, 0.0, "no differentiable input", True
     slot = 0
     for i, x in enumerate(inputs):
         if not x.requires_grad:
@@ -81,14 +81,11 @@ def numeric_vs_analytic(fn: Callable, inputs: Sequence[torch.Tensor], *, eps: fl
             num = (vals[0] - vals[1]) / (2 * eps)
             ana = ga[k].item()
             err = abs(ana - num)
-            ok = err <= atol + rtol * abs(num)
-            if err > worst[0] or (not ok and worst[3]):
-                rel = err / max(abs(num), 1e-12)
+            all_ok &= err <= atol + rtol * abs(num)
+            if err > worst_err:
+                worst_err, worst_rel = err, err / max(abs(num), 1e-12)
                 where = f"input {i} element {k}: analytic {ana:.6g}, numeric {num:.6g}"
-                worst = (err, rel, where, worst[3] and ok)
-            elif not ok:
-                worst = (worst[0], worst[1], worst[2], False)
-    return GradReport(*worst)
+    return GradReport(max(worst_err, 0.0), worst_rel, where, all_ok)
 
 
 def upstream_scaling_error(fn: Callable, inputs: Sequence[torch.Tensor], k: float = 3.0,

@@ -7,8 +7,10 @@ Returns int64 indices into ``boxes``, highest score first. No autograd (indices 
 
 The reference needs no Python loop over boxes: with the (N, N) "i suppresses j" matrix
 S (i ranked before j, same class, IoU > threshold), keep is the unique fixed point of
-keep[j] = not any_i(keep[i] and S[i, j]); iterating it from all-True is exact after at most
-(longest suppression chain + 1) rounds, each an O(N^2) tensor op. Memory is O(N^2).
+keep[j] = not any_i(keep[i] and S[i, j]). It is solved block by block in rank order (boxes
+of a block first lose to kept boxes of earlier blocks, then the block's fixed point is
+iterated from "not suppressed yet", exact after at most longest-chain + 1 rounds). Memory is
+O(N^2).
 The kernel path (ops_cuda/nms.cu) builds the same matrix as 64-bit masks and reduces it in
 one GPU thread.
 """
@@ -37,8 +39,12 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
 
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
-                  offset: float = 0, idxs: torch.Tensor | None = None) -> torch.Tensor:
-    """Vectorised torch NMS (``idxs`` given: only boxes of equal idxs suppress each other)."""
+                  offset: float = 0, idxs: torch.Tensor | None = None,
+                  block: int = 128) -> torch.Tensor:
+    """Vectorised torch NMS (``idxs`` given: only boxes of equal idxs suppress each other).
+
+    Boxes are resolved in rank order, ``block`` at a time: a block's boxes first lose to kept
+    boxes of earlier blocks (one matrix op), then the block's own fixed point is iterated."""
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -49,12 +55,18 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
         c = idxs[order]
         over &= c[:, None] == c[None, :]
     over = torch.triu(over, diagonal=1)  # only a higher-ranked box suppresses
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    for _ in range(n + 1):  # converges long before n + 1 rounds in practice
-        new = ~(over & keep[:, None]).any(dim=0)
-        if torch.equal(new, keep):
-            break
-        keep = new
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    for start in range(0, n, block):  # a loop over blocks, not boxes
+        end = min(start + block, n)
+        cand = ~over[:start, start:end][keep[:start]].any(dim=0)
+        sub = over[start:end, start:end]
+        k = cand
+        for _ in range(end - start + 1):  # exact after (longest chain in block + 1) rounds
+            new = cand & ~(sub & k[:, None]).any(dim=0)
+            if torch.equal(new, k):
+                break
+            k = new
+        keep[start:end] = k
     return order[keep]
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.ops import batched_nms, nms, use_backend
+from src.ops.nms import nms_reference
 
 D = torch.float64
 
@@ -79,6 +80,9 @@ def test_matches_greedy_loop(backend, offset):
         idxs = torch.randint(0, 3, (90,), generator=gen)
         assert batched_nms(boxes, scores, idxs, thr, offset=offset).tolist() == _greedy_loop(
             boxes, scores, thr, offset, idxs)
+        for block in (1, 7, 64):  # the reference's block-wise solve at several block sizes
+            assert nms_reference(boxes, scores, thr, offset, idxs, block=block).tolist() == (
+                _greedy_loop(boxes, scores, thr, offset, idxs))
 
 
 def test_offset_changes_the_result(backend):
