@@ -10,7 +10,7 @@ S (i ranked before j, same class, IoU > threshold), keep is the unique fixed poi
 keep[j] = not any_i(keep[i] and S[i, j]). It is solved block by block in rank order (boxes
 of a block first lose to kept boxes of earlier blocks, then the block's fixed point is
 iterated from "not suppressed yet", exact after at most longest-chain + 1 rounds). Memory is
-O(N^2).
+O(K x block) for K kept boxes.
 The kernel path (ops_cuda/nms.cu) builds the same matrix as 64-bit masks and reduces it in
 one GPU thread.
 """
@@ -40,34 +40,39 @@ def _order(scores: torch.Tensor) -> torch.Tensor:
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
                   offset: float = 0, idxs: torch.Tensor | None = None,
-                  block: int = 128) -> torch.Tensor:
+                  block: int = 256) -> torch.Tensor:
     """Vectorised torch NMS (``idxs`` given: only boxes of equal idxs suppress each other).
 
-    Boxes are resolved in rank order, ``block`` at a time: a block's boxes first lose to kept
-    boxes of earlier blocks (one matrix op), then the block's own fixed point is iterated."""
+    Boxes are resolved in rank order, ``block`` at a time: a block's boxes first lose to the
+    boxes kept in earlier blocks (one IoU matrix, kept x block), then the block's own fixed
+    point is iterated. Cost O(K N + N block) IoUs for K kept boxes."""
     n = boxes.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = _order(scores)
     b = boxes[order]
-    over = box_iou_reference(b, b, offset) > iou_threshold
-    if idxs is not None:
-        c = idxs[order]
-        over &= c[:, None] == c[None, :]
-    over = torch.triu(over, diagonal=1)  # only a higher-ranked box suppresses
-    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    c = None if idxs is None else idxs[order]
+
+    def suppresses(i: slice | torch.Tensor, j: slice) -> torch.Tensor:
+        over = box_iou_reference(b[i], b[j], offset) > iou_threshold
+        if c is not None:
+            over &= c[i][:, None] == c[j][None, :]
+        return over
+
+    kept = []  # per block, positions (in rank order) of kept boxes
     for start in range(0, n, block):  # a loop over blocks, not boxes
         end = min(start + block, n)
-        cand = ~over[:start, start:end][keep[:start]].any(dim=0)
-        sub = over[start:end, start:end]
+        rows = torch.cat(kept) if kept else order[:0]
+        cand = ~suppresses(rows, slice(start, end)).any(dim=0)
+        sub = torch.triu(suppresses(slice(start, end), slice(start, end)), diagonal=1)
         k = cand
         for _ in range(end - start + 1):  # exact after (longest chain in block + 1) rounds
             new = cand & ~(sub & k[:, None]).any(dim=0)
             if torch.equal(new, k):
                 break
             k = new
-        keep[start:end] = k
-    return order[keep]
+        kept.append(start + torch.nonzero(k).flatten())
+    return order[torch.cat(kept)]
 
 
 def _nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float,
