@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import emulate
-from .registry import name_expressions, read_source
+from .registry import expression, name_expressions, read_source
 from .toolkit import compile_options
 
 BLOCK = 256
@@ -107,8 +107,6 @@ def launch(source: str, name: str, ctype: str | None, device: torch.device, work
     of that device; CPU -> g++ emulation. ``single_thread`` launches one block of one thread."""
     if device.type == "cuda":
         import cupy
-
-        from .registry import expression
 
         index = device.index if device.index is not None else torch.cuda.current_device()
         grid = 1 if single_thread else max(1, min(MAX_GRID, -(-work // BLOCK)))
