@@ -1,0 +1,168 @@
+"""Attention-guided data augmentation of WS-DAN, batched on the images' device.
+
+No Python loop over samples and no host synchronisation (no ``.item()``, ``.cpu()``,
+``nonzero``): boxes come from ``any``/``amin``/``amax`` reductions and the crops are resampled
+in one ``grid_sample`` call. Randomness (which attention map, which threshold) comes from
+torch's global RNG (checkpointed by the engine) or from ``generator`` when one is given.
+
+Conventions (as GuYuc/WS-DAN.PyTorch ``batch_augment``): a map is upsampled bilinearly with
+``align_corners=True`` to the image size and compared against ``theta * max`` where ``max`` is
+the maximum of the *low-resolution* map and ``theta`` is a float or drawn per sample from
+``U(lo, hi)``. Crop boxes are padded by ``padding_ratio * H`` / ``* W`` (truncated towards zero
+like the reference's ``int()``), clipped to the image, and resized back to (H, W) bilinearly
+(``align_corners=True``). One deliberate difference: the reference slices rows
+``[min - pad, max + pad)``, excluding the last masked row when ``pad`` is 0 and failing on an
+empty slice; we use ``[min - pad, max + 1 + pad)``, so a box always holds its whole mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPSILON = 1e-12
+Theta = float | tuple[float, float]
+
+
+def _as_maps(attention_map: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) or (B, 1, h, w) -> (B, 1, h, w) float."""
+    if attention_map.dim() == 3:
+        attention_map = attention_map[:, None]
+    if attention_map.dim() != 4 or attention_map.shape[1] != 1:
+        raise ValueError(f"expected (B, 1, h, w) attention maps, got {tuple(attention_map.shape)}")
+    return attention_map.float()
+
+
+def draw_theta(
+    theta: Theta, batch: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) thresholds: ``theta`` itself, or U(lo, hi) per sample when ``theta = (lo, hi)``."""
+    if isinstance(theta, (int, float)):
+        return torch.full((batch,), float(theta), device=device)
+    lo, hi = (float(t) for t in theta)
+    u = torch.rand(batch, device=device, generator=generator)
+    return lo + (hi - lo) * u
+
+
+def sample_attention_maps(
+    attention_maps: torch.Tensor, num: int = 2, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick ``num`` maps per sample (with replacement), k with probability ~ sqrt(sum A_k).
+
+    Returns ``(maps (B, num, h, w), indices (B, num))``. Sampling is by inverse CDF on
+    ``torch.rand`` draws, so a loop over samples with the same draws picks the same maps.
+    """
+    b, m = attention_maps.shape[:2]
+    maps = attention_maps.detach().float()
+    weights = torch.sqrt(maps.sum(dim=(2, 3)) + EPSILON)
+    cdf = torch.cumsum(weights / weights.sum(dim=1, keepdim=True), dim=1)
+    u = torch.rand(b, num, device=maps.device, generator=generator)
+    index = torch.searchsorted(cdf, u, right=True).clamp_(max=m - 1)
+    picked = torch.gather(maps, 1, index[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
+    return picked, index
+
+
+def crop_boxes(
+    attention_map: torch.Tensor,
+    image_size: tuple[int, int],
+    theta: Theta = (0.4, 0.6),
+    padding_ratio: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, 4) integer boxes (y0, x0, y1, x1), end-exclusive, around ``map >= theta * max``.
+
+    A sample whose mask is empty (no finite attention) gets the whole image.
+    """
+    maps = _as_maps(attention_map)
+    b = maps.shape[0]
+    height, width = image_size
+    thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
+    up = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=True)[:, 0]
+    mask = up >= thr[:, None, None]
+    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (B, H), (B, W)
+    ys = torch.arange(height, device=maps.device)
+    xs = torch.arange(width, device=maps.device)
+    top = torch.where(rows, ys, height).amin(dim=1)
+    bottom = torch.where(rows, ys, -1).amax(dim=1)
+    left = torch.where(cols, xs, width).amin(dim=1)
+    right = torch.where(cols, xs, -1).amax(dim=1)
+    empty = ~rows.any(dim=1)
+    top = torch.where(empty, 0, top)
+    bottom = torch.where(empty, height - 1, bottom)
+    left = torch.where(empty, 0, left)
+    right = torch.where(empty, width - 1, right)
+    pad_h, pad_w = padding_ratio * height, padding_ratio * width
+    y0 = torch.trunc(top - pad_h).clamp(min=0)
+    y1 = torch.trunc(bottom + 1 + pad_h).clamp(max=height)
+    x0 = torch.trunc(left - pad_w).clamp(min=0)
+    x1 = torch.trunc(right + 1 + pad_w).clamp(max=width)
+    return torch.stack([y0, x0, y1, x1], dim=1).long()
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each image to its (y0, x0, y1, x1) box and resize it back to (H, W).
+
+    Same sampling points as ``F.interpolate(img[..., y0:y1, x0:x1], (H, W), 'bilinear',
+    align_corners=True)``: output row i reads source row ``y0 + i * (y1 - 1 - y0) / (H - 1)``.
+    """
+    b, _, height, width = images.shape
+    boxes = boxes.to(images.device, torch.float64)
+    y0, x0, y1, x1 = boxes.unbind(dim=1)
+    steps_y = torch.arange(height, device=images.device, dtype=torch.float64)
+    steps_x = torch.arange(width, device=images.device, dtype=torch.float64)
+    scale_y = (y1 - 1 - y0) / max(height - 1, 1)
+    scale_x = (x1 - 1 - x0) / max(width - 1, 1)
+    src_y = y0[:, None] + steps_y[None] * scale_y[:, None]  # (B, H) source pixel rows
+    src_x = x0[:, None] + steps_x[None] * scale_x[:, None]  # (B, W)
+    # align_corners=True: -1 is pixel 0's centre, +1 is pixel (size-1)'s centre.
+    gy = src_y * 2.0 / max(height - 1, 1) - 1.0
+    gx = src_x * 2.0 / max(width - 1, 1) - 1.0
+    grid = torch.stack(
+        [gx[:, None, :].expand(b, height, width), gy[:, :, None].expand(b, height, width)], dim=-1
+    )
+    return F.grid_sample(
+        images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+
+def attention_crop(
+    images: torch.Tensor,
+    attention_map: torch.Tensor,
+    theta: Theta = (0.4, 0.6),
+    padding_ratio: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Zoom into the region where the attention map exceeds ``theta`` of its maximum."""
+    boxes = crop_boxes(attention_map, images.shape[-2:], theta, padding_ratio, generator)
+    return crop_resize(images, boxes)
+
+
+def drop_mask(
+    attention_map: torch.Tensor,
+    image_size: tuple[int, int],
+    theta: Theta = (0.2, 0.5),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, 1, H, W) bool mask of the pixels kept: ``upsampled map < theta * max``.
+
+    When a sample would keep nothing (e.g. an all-zero map, where ``0 < 0`` is false
+    everywhere) the whole image is kept instead.
+    """
+    maps = _as_maps(attention_map)
+    b = maps.shape[0]
+    thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
+    up = F.interpolate(maps, size=tuple(image_size), mode="bilinear", align_corners=True)
+    keep = up < thr[:, None, None, None]
+    nothing_kept = ~keep.flatten(1).any(dim=1)
+    return keep | nothing_kept[:, None, None, None]
+
+
+def attention_drop(
+    images: torch.Tensor,
+    attention_map: torch.Tensor,
+    theta: Theta = (0.2, 0.5),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Erase (set to 0, the normalised mean colour) where the attention map is strong."""
+    keep = drop_mask(attention_map, images.shape[-2:], theta, generator)
+    return images * keep.to(images.dtype)

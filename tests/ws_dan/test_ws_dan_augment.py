@@ -1,0 +1,150 @@
+"""Attention cropping / dropping / map sampling: batched versions against per-sample loops."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.models.ws_dan import (
+    attention_crop,
+    attention_drop,
+    crop_boxes,
+    drop_mask,
+    sample_attention_maps,
+)
+
+
+def draws(seed: int, shape) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def crop_loop(images, maps, thetas, padding):
+    """The reference's per-sample formulation (with the end-inclusive box)."""
+    _, _, height, width = images.shape
+    out, boxes = [], []
+    for i in range(images.shape[0]):
+        a = maps[i : i + 1]
+        up = F.interpolate(a, size=(height, width), mode="bilinear", align_corners=True)[0, 0]
+        nz = torch.nonzero(up >= thetas[i] * a.max())
+        if len(nz) == 0:
+            y0, x0, y1, x1 = 0, 0, height, width
+        else:
+            y0 = max(int(nz[:, 0].min().item() - padding * height), 0)
+            y1 = min(int(nz[:, 0].max().item() + 1 + padding * height), height)
+            x0 = max(int(nz[:, 1].min().item() - padding * width), 0)
+            x1 = min(int(nz[:, 1].max().item() + 1 + padding * width), width)
+        boxes.append([y0, x0, y1, x1])
+        patch = images[i : i + 1, :, y0:y1, x0:x1]
+        out.append(F.interpolate(patch, size=(height, width), mode="bilinear", align_corners=True))
+    return torch.cat(out), torch.tensor(boxes)
+
+
+def drop_loop(images, maps, thetas):
+    _, _, height, width = images.shape
+    out = []
+    for i in range(images.shape[0]):
+        a = maps[i : i + 1]
+        up = F.interpolate(a, size=(height, width), mode="bilinear", align_corners=True)
+        keep = (up < thetas[i] * a.max()).to(images.dtype)
+        if keep.sum() == 0:
+            keep = torch.ones_like(keep)
+        out.append(images[i : i + 1] * keep)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("padding", [0.0, 0.1])
+def test_crop_matches_loop(seed, padding):
+    g = torch.Generator().manual_seed(100 + seed)
+    images = torch.randn(5, 3, 40, 48, generator=g, dtype=torch.float64)
+    maps = torch.rand(5, 1, 5, 6, generator=g, dtype=torch.float64) ** 4
+    maps[1] = 0.0  # all-zero map: threshold 0, every pixel passes -> whole image
+    lo, hi = 0.4, 0.6
+    thetas = lo + (hi - lo) * draws(seed, 5)
+    want, want_boxes = crop_loop(images, maps, thetas, padding)
+    got_boxes = crop_boxes(maps, (40, 48), (lo, hi), padding, torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(got_boxes, want_boxes)
+    got = attention_crop(images, maps, (lo, hi), padding, torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got[1], images[1], rtol=0, atol=1e-9)
+
+
+def test_crop_hand_worked_box():
+    # 3x3 map with one hot cell in the middle, upsampled to 9x9 (align_corners: cell k at
+    # pixel 4k). theta 0.5: pixels whose interpolated value >= 0.5 are rows/cols 2..6.
+    # padding 0.1 * 9 = 0.9: y0 = int(2 - 0.9) = 1, y1 = int(6 + 1 + 0.9) = 7.
+    a = torch.zeros(1, 1, 3, 3)
+    a[0, 0, 1, 1] = 1.0
+    assert crop_boxes(a, (9, 9), 0.5, 0.1).tolist() == [[1, 1, 7, 7]]
+    assert crop_boxes(a, (9, 9), 0.5, 0.0).tolist() == [[2, 2, 7, 7]]
+    # Box (0, 0)-(9, 9) resamples the identity.
+    images = torch.arange(81.0).view(1, 1, 9, 9)
+    torch.testing.assert_close(attention_crop(images, a, 0.0, 0.0), images)
+
+
+def test_crop_of_nan_map_falls_back_to_whole_image():
+    a = torch.full((2, 1, 3, 3), float("nan"))
+    assert crop_boxes(a, (8, 10), 0.5, 0.1).tolist() == [[0, 0, 8, 10]] * 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_drop_matches_loop(seed):
+    g = torch.Generator().manual_seed(200 + seed)
+    images = torch.randn(6, 3, 20, 24, generator=g, dtype=torch.float64)
+    maps = torch.rand(6, 1, 5, 6, generator=g, dtype=torch.float64)
+    maps[2] = 0.0  # nothing would be kept (0 < 0 is false): keep the whole image
+    thetas = 0.2 + 0.3 * draws(seed, 6)
+    want = drop_loop(images, maps, thetas)
+    got = attention_drop(images, maps, (0.2, 0.5), torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got[2], images[2])
+    assert (got == 0).any()
+
+
+def test_drop_hand_worked():
+    a = torch.tensor([[[[0.0, 1.0]]]])  # upsampled to 1x5: 0, .25, .5, .75, 1
+    keep = drop_mask(a, (1, 5), 0.5)
+    assert keep[0, 0, 0].tolist() == [True, True, False, False, False]
+
+
+def test_sampling_matches_inverse_cdf_loop():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(7, 5, 4, 4, generator=g) ** 3
+    maps[0, :4] = 0.0  # only map 4 has mass (others get sqrt(eps) weight)
+    picked, index = sample_attention_maps(maps, num=2, generator=torch.Generator().manual_seed(9))
+    u = draws(9, (7, 2))
+    for i in range(7):
+        weights = [float(torch.sqrt(maps[i, k].sum() + 1e-12)) for k in range(5)]
+        total = sum(weights)
+        for j in range(2):
+            acc, k = 0.0, 0
+            for k in range(5):
+                acc += weights[k] / total
+                if u[i, j] < acc:
+                    break
+            assert index[i, j].item() == k
+            torch.testing.assert_close(picked[i, j], maps[i, k])
+    assert index[0].tolist() == [4, 4]
+
+
+def test_sampling_frequencies_follow_sqrt_mass():
+    maps = torch.zeros(1, 3, 2, 2)
+    maps[0, 0] = 1.0  # sum 4 -> weight 2
+    maps[0, 1] = 0.25  # sum 1 -> weight 1
+    maps[0, 2] = 0.0  # weight ~0
+    _, index = sample_attention_maps(
+        maps.expand(20000, -1, -1, -1), num=1, generator=torch.Generator().manual_seed(0)
+    )
+    freq = np.bincount(index.flatten().numpy(), minlength=3) / index.numel()
+    np.testing.assert_allclose(freq, [2 / 3, 1 / 3, 0.0], atol=0.015)
+
+
+def test_global_rng_drives_randomness():
+    images = torch.randn(4, 3, 16, 16)
+    maps = torch.rand(4, 1, 4, 4)
+    torch.manual_seed(5)
+    a = attention_crop(images, maps)
+    b = attention_drop(images, maps)
+    torch.manual_seed(5)
+    torch.testing.assert_close(attention_crop(images, maps), a)
+    torch.testing.assert_close(attention_drop(images, maps), b)
