@@ -27,54 +27,61 @@ def _tiny(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).tiny if t.is_floating_point() else torch.finfo().tiny
 
 
+def _span(lo: torch.Tensor, hi: torch.Tensor, offset: float) -> torch.Tensor:
+    """max(hi - lo + offset, 0); the offset add is skipped when 0 (same value, one op less)."""
+    d = hi - lo
+    return (d + offset if offset else d).clamp(min=0)
+
+
 def box_area(boxes: torch.Tensor, offset: float = 0) -> torch.Tensor:
     """Area of (..., 4) boxes; negative widths/heights clamp to 0."""
-    w = (boxes[..., 2] - boxes[..., 0] + offset).clamp(min=0)
-    h = (boxes[..., 3] - boxes[..., 1] + offset).clamp(min=0)
-    return w * h
+    return (_span(boxes[..., 0], boxes[..., 2], offset)
+            * _span(boxes[..., 1], boxes[..., 3], offset))
+
+
+def _overlaps(a: list, b: list, area_a: torch.Tensor, area_b: torch.Tensor, offset: float,
+              giou: bool) -> torch.Tensor:
+    """IoU (or GIoU) from per-coordinate tensors a = [x1, y1, x2, y2] and b, broadcastable.
+    Works coordinate by coordinate: no (..., N, M, 2) temporaries."""
+    inter = (_span(torch.maximum(a[0], b[0]), torch.minimum(a[2], b[2]), offset)
+             * _span(torch.maximum(a[1], b[1]), torch.minimum(a[3], b[3]), offset))
+    union = area_a + area_b - inter
+    tiny = _tiny(inter)
+    iou = inter / union.clamp(min=tiny)
+    if not giou:
+        return iou
+    area_c = (_span(torch.minimum(a[0], b[0]), torch.maximum(a[2], b[2]), offset)
+              * _span(torch.minimum(a[1], b[1]), torch.maximum(a[3], b[3]), offset))
+    return iou - (area_c - union) / area_c.clamp(min=tiny)
+
+
+def _pairwise_reference(boxes1, boxes2, offset, giou):
+    a = [boxes1[..., :, None, k] for k in range(4)]
+    b = [boxes2[..., None, :, k] for k in range(4)]
+    area_a = box_area(boxes1, offset)[..., :, None]
+    area_b = box_area(boxes2, offset)[..., None, :]
+    return _overlaps(a, b, area_a, area_b, offset, giou)
 
 
 def box_iou_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
                       offset: float = 0) -> torch.Tensor:
     """Pairwise IoU in torch: (..., N, 4) x (..., M, 4) -> (..., N, M)."""
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt + offset).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(boxes1, offset)[..., :, None] + box_area(boxes2, offset)[..., None, :] - inter
-    return inter / union.clamp(min=_tiny(inter))
+    return _pairwise_reference(boxes1, boxes2, offset, giou=False)
 
 
 def generalized_box_iou_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
                                   offset: float = 0) -> torch.Tensor:
     """Pairwise GIoU in torch: IoU - (C - U) / C with C the enclosing box area."""
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt + offset).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(boxes1, offset)[..., :, None] + box_area(boxes2, offset)[..., None, :] - inter
-    iou = inter / union.clamp(min=_tiny(inter))
-    clt = torch.minimum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    crb = torch.maximum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    cwh = (crb - clt + offset).clamp(min=0)
-    area_c = cwh[..., 0] * cwh[..., 1]
-    return iou - (area_c - union) / area_c.clamp(min=_tiny(inter))
+    return _pairwise_reference(boxes1, boxes2, offset, giou=True)
 
 
 def giou_loss_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
                         offset: float = 0) -> torch.Tensor:
     """Aligned 1 - GIoU in torch: (..., 4) x (..., 4) -> (...)."""
-    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    wh = (rb - lt + offset).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(boxes1, offset) + box_area(boxes2, offset) - inter
-    iou = inter / union.clamp(min=_tiny(inter))
-    clt = torch.minimum(boxes1[..., :2], boxes2[..., :2])
-    crb = torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
-    cwh = (crb - clt + offset).clamp(min=0)
-    area_c = cwh[..., 0] * cwh[..., 1]
-    return 1 - (iou - (area_c - union) / area_c.clamp(min=_tiny(inter)))
+    a = [boxes1[..., k] for k in range(4)]
+    b = [boxes2[..., k] for k in range(4)]
+    return 1 - _overlaps(a, b, box_area(boxes1, offset), box_area(boxes2, offset), offset,
+                         giou=True)
 
 
 def _check_boxes(name: str, *boxes: torch.Tensor) -> None:
