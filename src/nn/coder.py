@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .bbox import center_to_corner, corner_to_center
+from .bbox import center_to_corner, corner_to_center, is_padding
 
 __all__ = [
     "NormalizedBoxCenterEncoder",
@@ -43,11 +43,17 @@ def gather_matched(refs: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
         ``(B, N, ...)``.
     """
     idx = matches.long().clamp(min=0)
-    if refs.shape[1] == 0:  # nothing to pick from: zeros of the right shape
-        return refs.new_zeros((*idx.shape, *refs.shape[2:]))
+    bsz, m = refs.shape[:2]
     trailing = refs.shape[2:]
-    idx = idx.reshape(*idx.shape, *([1] * len(trailing))).expand(*idx.shape, *trailing)
-    return torch.gather(refs, 1, idx)
+    if m == 0:  # nothing to pick from: zeros of the right shape
+        return refs.new_zeros((*idx.shape, *trailing))
+    if idx.shape[0] != bsz:
+        raise ValueError(f"batch sizes differ: refs {tuple(refs.shape)}, matches "
+                         f"{tuple(matches.shape)}")
+    # one flat index_select is several times faster than gather with an expanded index
+    offsets = torch.arange(bsz, device=idx.device).mul_(m).reshape(-1, *([1] * (idx.dim() - 1)))
+    flat = refs.reshape(bsz * m, *trailing).index_select(0, (idx + offsets).reshape(-1))
+    return flat.reshape(*idx.shape, *trailing)
 
 
 def _const(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -86,10 +92,22 @@ class NormalizedBoxCenterEncoder(nn.Module):
         return (t - _const(self._means, t)) / _const(self._stds, t)
 
     def forward(self, samples, matches, anchors, refs):
-        ref_boxes = gather_matched(refs, matches)
-        codecs = self.encode(ref_boxes, anchors)
+        # Work on the M references first (cheap), then one gather and two passes over (B, N, 4):
+        # t = (ref_feature[match] - shift) * scale with ref_feature = (gx, gy, log gw, log gh),
+        # shift = (ax + mx aw, ay + my ah, log aw + mw, log ah + mh),
+        # scale = (1 / (sx aw), 1 / (sy ah), 1 / sw, 1 / sh).
+        g = corner_to_center(refs)
+        feat = torch.cat((g[..., :2], torch.log(g[..., 2:])), dim=-1)
+        feat = torch.where(is_padding(refs).unsqueeze(-1), torch.zeros_like(feat), feat)
+        a = corner_to_center(anchors.to(feat.dtype))
+        stds, means = _const(self._stds, a), _const(self._means, a)
+        shift = torch.cat((a[..., :2] + means[:2] * a[..., 2:],
+                           torch.log(a[..., 2:]) + means[2:]), dim=-1)
+        scale = torch.cat((1.0 / (stds[:2] * a[..., 2:]),
+                           (1.0 / stds[2:]).expand_as(a[..., 2:])), dim=-1)
+        codecs = (gather_matched(feat, matches) - shift) * scale
         pos = (samples > 0.5).unsqueeze(-1)
-        targets = torch.where(pos, codecs, torch.zeros_like(codecs))
+        targets = codecs * pos  # the reference side is finite, so non-positives are exactly 0
         masks = pos.expand_as(codecs).to(codecs.dtype)
         return targets, masks
 
@@ -196,17 +214,24 @@ class NormalizedLandmarkCenterEncoder(nn.Module):
 
     def forward(self, samples, matches, anchors, refs):
         flat = refs.dim() == 3
-        pts = refs.reshape(*refs.shape[:2], -1, 2) if flat else refs
-        has_landmarks = ~(pts == -1).flatten(2).all(dim=-1)  # (B, M)
-        matched = gather_matched(pts, matches)  # (B, N, K, 2)
-        valid = gather_matched(has_landmarks.unsqueeze(-1), matches).squeeze(-1)  # (B, N)
-        codecs = self.encode(matched, anchors)
-        pos = ((samples > 0.5) & valid & (matches >= 0))[..., None, None]
-        targets = torch.where(pos, codecs, torch.zeros_like(codecs))
-        masks = pos.expand_as(codecs).to(codecs.dtype)
-        if flat:
-            targets = targets.flatten(-2)
-            masks = masks.flatten(-2)
+        pts = refs.flatten(2) if not flat else refs  # (B, M, 2K)
+        num_points = pts.shape[-1] // 2
+        has_landmarks = ~(pts == -1).all(dim=-1)  # (B, M)
+        valid = gather_matched(has_landmarks, matches)  # (B, N)
+        # per anchor: t = (p - shift) * scale, shift = a_xy + means * a_wh,
+        # scale = 1 / (stds * a_wh); tiled over the K points
+        a = corner_to_center(anchors.to(pts.dtype))
+        stds, means = _const(self._stds, a), _const(self._means, a)
+        shift = a[..., :2] + means * a[..., 2:]
+        shift = shift.repeat(*([1] * (shift.dim() - 1)), num_points)
+        scale = (1.0 / (stds * a[..., 2:])).repeat(*([1] * (a.dim() - 1)), num_points)
+        codecs = (gather_matched(pts, matches) - shift) * scale  # (B, N, 2K)
+        keep = ((samples > 0.5) & valid & (matches >= 0)).unsqueeze(-1)
+        targets = codecs * keep
+        masks = keep.expand_as(codecs).to(codecs.dtype)
+        if not flat:
+            targets = targets.unflatten(-1, (num_points, 2))
+            masks = masks.unflatten(-1, (num_points, 2))
         return targets, masks
 
 

@@ -287,3 +287,19 @@ def test_centernet_decoder_onnx_export():
     got = sess.run(None, dict(zip(["x", "wh", "reg"], (a.numpy() for a in args2))))
     for g, want in zip(got, model(*args2)):
         np.testing.assert_allclose(g, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_landmark_means_round_trip_and_formula():
+    gen = torch.Generator().manual_seed(8)
+    anchors = random_boxes(gen, 1, 40)
+    pts = torch.rand(1, 40, 5, 2, generator=gen, dtype=f64) * 100
+    stds, means = (0.1, 0.2), (0.05, -0.1)
+    enc = NormalizedLandmarkCenterEncoder(stds, means)
+    t, m = enc(torch.ones(1, 40), torch.arange(40)[None], anchors, pts)
+    a = BBoxCornerToCenter()(anchors)[0]
+    ref = ((pts[0] - a[:, None, :2]) / a[:, None, 2:] - torch.tensor(means, dtype=f64)) \
+        / torch.tensor(stds, dtype=f64)
+    torch.testing.assert_close(t[0], ref)
+    assert m.all()
+    back = NormalizedLandmarkCenterDecoder(stds, means, convert_anchor=True)(t, anchors)
+    torch.testing.assert_close(back, pts)
