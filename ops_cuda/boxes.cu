@@ -71,11 +71,12 @@ __global__ void giou_loss_fwd(const T* __restrict__ boxes1, const T* __restrict_
   }
 }
 
-// Backward of giou_loss_fwd: grad_out (n,), grad1/grad2 (n, 4). Sub-gradients follow torch:
+// Backward of giou_loss_fwd: grad_out read at k * grad_stride (0: one broadcast value),
+// grad1/grad2 (n, 4). Sub-gradients follow torch:
 // clamp(min=v) passes the gradient where its input is > v (torch), min/max split it on ties.
 template <typename T>
 __global__ void giou_loss_bwd(const T* __restrict__ boxes1, const T* __restrict__ boxes2, i64 n,
-                              double offset, const T* __restrict__ grad_out,
+                              double offset, const T* __restrict__ grad_out, i64 grad_stride,
                               T* __restrict__ grad1, T* __restrict__ grad2) {
   typedef typename acc_type<T>::type A;
   const A off = A(offset);
@@ -104,7 +105,7 @@ __global__ void giou_loss_bwd(const T* __restrict__ boxes1, const T* __restrict_
     const A area_c = cw * ch;
     const A ac = cvo_max(area_c, tiny);
     // loss = 1 - giou, giou = inter / uc - (area_c - uni) / ac
-    const A g = -to_acc(grad_out[k]);  // d loss / d giou = -1
+    const A g = -to_acc(grad_out[k * grad_stride]);  // d loss / d giou = -1
     const A g_area_c = -g / ac + (area_c > tiny ? g * (area_c - uni) / (ac * ac) : A(0));
     const A g_uni = g / ac + (uni > tiny ? -g * inter / (uc * uc) : A(0));
     const A g_inter = g / uc - g_uni;

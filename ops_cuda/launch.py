@@ -34,6 +34,15 @@ _functions: dict = {}
 _lock = threading.Lock()
 
 
+def upstream(grad: torch.Tensor) -> tuple[torch.Tensor, np.int64]:
+    """(tensor, stride) for reading an upstream gradient: an expanded scalar (all strides 0,
+    as .sum() / .mean() produce) becomes its single element with stride 0, so the kernel
+    broadcasts it instead of torch materialising it; anything else is made contiguous."""
+    if grad.numel() > 0 and all(st == 0 for st in grad.stride()):
+        return grad.as_strided((1,), (1,)), np.int64(0)
+    return grad.contiguous(), np.int64(1)
+
+
 def cupy_available() -> bool:
     try:
         import cupy  # noqa: F401

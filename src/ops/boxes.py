@@ -158,7 +158,7 @@ class GIoULoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from ops_cuda.launch import launch
+        from ops_cuda.launch import launch, upstream
         from ops_cuda.registry import CTYPE
 
         boxes1, boxes2 = ctx.saved_tensors
@@ -170,8 +170,9 @@ class GIoULoss(torch.autograd.Function):
         b1, b2 = boxes1.contiguous(), boxes2.contiguous()
         n = b1.shape[0]
         g1, g2 = torch.empty_like(b1), torch.empty_like(b2)
+        g, g_stride = upstream(grad)
         launch("boxes.cu", "giou_loss_bwd", CTYPE[b1.dtype], b1.device, n,
-               (b1, b2, np.int64(n), np.float64(ctx.offset), grad.contiguous(), g1, g2))
+               (b1, b2, np.int64(n), np.float64(ctx.offset), g, g_stride, g1, g2))
         return (g1 if needs[0] else None, g2 if needs[1] else None, None)
 
 

@@ -33,6 +33,12 @@ def _launch(*args, **kwargs):
     launch(*args, **kwargs)
 
 
+def _upstream(grad: torch.Tensor):
+    from ops_cuda.launch import upstream
+
+    return upstream(grad)
+
+
 def _ctype(t: torch.Tensor) -> str:
     from ops_cuda.registry import CTYPE
 
@@ -169,11 +175,11 @@ class SmoothL1(torch.autograd.Function):
                                             needs[:3], grad))
         x, t = input.contiguous(), target.contiguous()
         s, stride = _sigma_operand(sigma, x)
-        g = grad.contiguous()
+        g, g_stride = _upstream(grad)
         grad_x = torch.empty_like(x)
         grad_s = torch.empty_like(x) if needs[2] else None
         _launch("elementwise_losses.cu", "smooth_l1_bwd", _ctype(x), x.device, x.numel(),
-                (x, t, s, np.int64(stride), np.int64(x.numel()), g, grad_x, grad_s))
+                (x, t, s, np.int64(stride), np.int64(x.numel()), g, g_stride, grad_x, grad_s))
         if grad_s is not None:
             grad_s = grad_s.sum_to_size(sigma.shape)
         return (grad_x if needs[0] else None, -grad_x if needs[1] else None, grad_s)
@@ -243,10 +249,11 @@ class Wing(torch.autograd.Function):
                                         (input, target), needs[:2], grad)
             return gi, gt, None, None
         x, t = input.contiguous(), target.contiguous()
+        g, g_stride = _upstream(grad)
         grad_x = torch.empty_like(x)
         _launch("elementwise_losses.cu", "wing_bwd", _ctype(x), x.device, x.numel(),
-                (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps),
-                 grad.contiguous(), grad_x))
+                (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps), g, g_stride,
+                 grad_x))
         return (grad_x if needs[0] else None, -grad_x if needs[1] else None, None, None)
 
 

@@ -125,3 +125,12 @@ def test_cupy_loader_compiles_once_per_device_with_all_name_expressions(monkeypa
     packed = launch.pack_cupy((torch.zeros(3), None, np.int32(2)), torch.device("cpu"))
     assert [type(p) for p in packed] == [np.uint64, np.uint64, np.int32]
     assert packed[1] == 0
+
+
+def test_upstream_gradient_broadcast_without_materialising():
+    g = torch.tensor(2.5).expand(3, 4)  # what .sum() hands to backward
+    t, stride = launch.upstream(g)
+    assert stride == 0 and t.numel() == 1 and t.item() == 2.5
+    full = torch.arange(12.0).reshape(3, 4).t()
+    t, stride = launch.upstream(full)
+    assert stride == 1 and t.is_contiguous() and torch.equal(t, full)
