@@ -14,7 +14,8 @@ from torch import nn
 __all__ = ["bipartite_matching", "BipartiteMatcher", "MaximumMatcher", "CompositeMatcher"]
 
 
-def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: bool = False):
+def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: bool = False,
+                       prune: bool | None = None):
     """Greedy global bipartite matching, batched (MXNet ``contrib.bipartite_matching``).
 
     Repeatedly takes the best remaining pair (largest score, or smallest if ``is_ascend``) whose
@@ -23,6 +24,9 @@ def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: boo
 
     Args:
         x: ``(..., N, M)`` scores.
+        prune: first drop the rows that cannot be chosen (see ``_candidate_rows``). Exact; it
+            needs one host read of the candidate count, so by default it runs on CPU only
+            (where that read is free) and when ``N`` is much larger than ``M``.
 
     Returns:
         ``(row_match, col_match)``: ``(..., N)`` column index per row and ``(..., M)`` row index
@@ -33,14 +37,28 @@ def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: boo
     if is_ascend:  # smallest-first below threshold == largest-first of the negation above -thr
         work, threshold = -work, -threshold
     bsz = work.shape[0]
-    row_match = torch.full((bsz, n), -1, dtype=torch.long, device=x.device)
-    col_match = torch.full((bsz, m), -1, dtype=torch.long, device=x.device)
     if n == 0 or m == 0 or bsz == 0:
+        row_match = torch.full((bsz, n), -1, dtype=torch.long, device=x.device)
+        col_match = torch.full((bsz, m), -1, dtype=torch.long, device=x.device)
         return row_match.reshape(*lead, n), col_match.reshape(*lead, m)
     # Candidates strictly above threshold; everything else (and NaN) is -inf for good.
-    neg_inf = torch.tensor(float("-inf"), dtype=work.dtype, device=x.device)
-    work = torch.where(work > threshold, work, neg_inf)
-    batch = torch.arange(bsz, device=x.device)
+    work = work.masked_fill(~(work > threshold), float("-inf"))
+    if prune is None:
+        prune = x.device.type == "cpu" and n > 8 * m
+    if prune:
+        row_match, col_match = _greedy_pruned(work)
+    else:
+        row_match, col_match = _greedy(work)
+    return row_match.reshape(*lead, n), col_match.reshape(*lead, m)
+
+
+def _greedy(work: torch.Tensor):
+    """Greedy on ``(B, N, M)`` scores where -inf marks pairs that may not match (modified)."""
+    bsz, n, m = work.shape
+    row_match = torch.full((bsz, n), -1, dtype=torch.long, device=work.device)
+    col_match = torch.full((bsz, m), -1, dtype=torch.long, device=work.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=work.dtype, device=work.device)
+    batch = torch.arange(bsz, device=work.device)
     for _ in range(min(n, m)):
         best, flat = work.reshape(bsz, -1).max(dim=1)  # first max in row-major order
         ok = best > neg_inf
@@ -52,7 +70,53 @@ def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: boo
         # remove the row and the column of the chosen pair
         work[batch, r, :] = torch.where(ok[:, None], neg_inf, work[batch, r, :])
         work[batch, :, c] = torch.where(ok[:, None], neg_inf, work[batch, :, c])
-    return row_match.reshape(*lead, n), col_match.reshape(*lead, m)
+    return row_match, col_match
+
+
+def _candidate_rows(work: torch.Tensor) -> torch.Tensor:
+    """(B, N) rows that greedy matching can choose: for some column c, a finite score at least
+    the k-th largest of that column (k = min(N, M)).
+
+    Why this is exact: when column c is matched at step t <= k, fewer than k rows are taken, so
+    its row is among the first k rows of column c in (score desc, row asc) order, all of which
+    score >= the k-th largest value. Keeping every row that ties that value keeps ties intact.
+    """
+    k = min(work.shape[1], work.shape[2])
+    kth = work.topk(k, dim=1).values[:, -1:, :]  # (B, 1, M)
+    # a column with fewer than k finite scores has kth = -inf: any finite score qualifies
+    kth = kth.clamp(min=torch.finfo(work.dtype).min)
+    return (work >= kth).any(dim=-1)
+
+
+def _greedy_pruned(work: torch.Tensor):
+    """``_greedy`` on the candidate rows only (kept in ascending order, so ties are unchanged)."""
+    bsz, n, m = work.shape
+    cand = _candidate_rows(work)
+    kmax = int(cand.sum(dim=1).max())  # host read: the size of the reduced problem
+    row_match = torch.full((bsz, n), -1, dtype=torch.long, device=work.device)
+    if kmax == 0:
+        return row_match, torch.full((bsz, m), -1, dtype=torch.long, device=work.device)
+    # compact candidate row ids to the left, ascending; empty slots hold n (a dummy row)
+    slot = torch.where(cand, cand.cumsum(dim=1) - 1, torch.full_like(cand, kmax, dtype=torch.long))
+    rows = torch.full((bsz, kmax + 1), n, dtype=torch.long, device=work.device)
+    rows.scatter_(1, slot, torch.arange(n, device=work.device).expand(bsz, n))
+    rows = rows[:, :kmax]
+    empty = rows == n
+    offsets = torch.arange(bsz, device=work.device).unsqueeze(1) * n
+    flat = (rows.clamp(max=n - 1) + offsets).reshape(-1)
+    sub = work.reshape(-1, m).index_select(0, flat).reshape(bsz, kmax, m)
+    sub.masked_fill_(empty.unsqueeze(-1), float("-inf"))
+    sub_row, sub_col = _greedy(sub)
+    # back to the original row ids
+    matched = sub_row >= 0
+    row_match.scatter_(1, torch.where(matched, rows, torch.zeros_like(rows)),
+                       torch.where(matched, sub_row, torch.full_like(sub_row, -1)))
+    # scatter of unmatched slots wrote -1 into row 0; put its true value back
+    row0 = torch.where(matched & (rows == 0), sub_row, torch.full_like(sub_row, -1)).amax(dim=1)
+    row_match[:, 0] = row0
+    col_match = torch.where(sub_col >= 0, rows.gather(1, sub_col.clamp(min=0)),
+                            torch.full_like(sub_col, -1))
+    return row_match, col_match
 
 
 class BipartiteMatcher(nn.Module):

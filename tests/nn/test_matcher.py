@@ -37,15 +37,35 @@ def test_bipartite_threshold_is_strict_and_stops():
        st.sampled_from([1e-12, 0.3]), st.booleans())
 def test_bipartite_equals_mxnet_scan_with_ties(x, thr, asc):
     thr = 0.8 if asc else thr
-    row, col = bipartite_matching(torch.from_numpy(x), thr, asc)
     ref_row, ref_col = np_bipartite(x, thr, asc)
-    assert row.tolist() == ref_row.tolist() and col.tolist() == ref_col.tolist()
+    for prune in (False, True):  # the full greedy and the exact candidate-row pruning
+        row, col = bipartite_matching(torch.from_numpy(x), thr, asc, prune=prune)
+        assert row.tolist() == ref_row.tolist() and col.tolist() == ref_col.tolist()
     # a ground truth is never assigned twice, and rows/cols agree
     matched = row[row >= 0]
     assert len(set(matched.tolist())) == len(matched)
     for r, c in enumerate(row.tolist()):
         if c >= 0:
             assert col[c].item() == r
+
+
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bipartite_pruned_many_rows_and_ties(prune, dtype):
+    gen = torch.Generator().manual_seed(3)
+    # coarse values give many ties, including at each column's k-th largest value
+    x = (torch.randint(0, 6, (5, 300, 7), generator=gen) / 5).to(dtype)
+    x[1, :, 5:] = -1  # padding columns
+    x[2] = 0
+    x[3, :, 0] = 1.0  # a whole column tied at its top
+    row, col = bipartite_matching(x, prune=prune)
+    for i in range(5):
+        r, c = np_bipartite(x[i].double().numpy(), 1e-12)
+        assert row[i].tolist() == r.tolist() and col[i].tolist() == c.tolist()
+    row_a, col_a = bipartite_matching(-x, threshold=-0.5, is_ascend=True, prune=prune)
+    for i in range(5):
+        r, c = np_bipartite(-x[i].double().numpy(), -0.5, True)
+        assert row_a[i].tolist() == r.tolist() and col_a[i].tolist() == c.tolist()
 
 
 def test_bipartite_batched_equals_per_image():
