@@ -48,10 +48,16 @@ def _ctype(t: torch.Tensor) -> str:
 # --------------------------------------------------------------------------- focal loss
 
 
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The unnormalised sum of a half/bfloat16 loss can overflow its type: keep it in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def sigmoid_focal_sum_reference(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
                                 gamma: float = 2.0, ignore_index: int = -1) -> torch.Tensor:
-    """Unnormalised focal-loss sum (0-dim) in torch. logits (N, C); targets (N,) integer with
-    ``ignore_index`` = skip row, 0 = background, t in 1..C = column t-1 positive."""
+    """Unnormalised focal-loss sum (0-dim; float32 for half/bfloat16 logits) in torch.
+    logits (N, C); targets (N,) integer with ``ignore_index`` = skip row, 0 = background,
+    t in 1..C = column t-1 positive."""
     n_cls = logits.shape[-1]
     cls = torch.arange(1, n_cls + 1, device=logits.device)
     pos = targets[:, None] == cls  # (N, C)
@@ -62,11 +68,12 @@ def sigmoid_focal_sum_reference(logits: torch.Tensor, targets: torch.Tensor, alp
     loss_pos = -w_pos * torch.sigmoid(-logits).pow(gamma) * F.logsigmoid(logits)
     loss_neg = -w_neg * torch.sigmoid(logits).pow(gamma) * F.logsigmoid(-logits)
     loss = torch.where(pos, loss_pos, loss_neg)
-    return torch.where(valid, loss, torch.zeros_like(loss)).sum()
+    return torch.where(valid, loss, torch.zeros_like(loss)).sum(dtype=_sum_dtype(logits.dtype))
 
 
 class SigmoidFocalSum(torch.autograd.Function):
-    """Kernel path of the unnormalised focal-loss sum: (logits, targets) -> 0-dim tensor."""
+    """Kernel path of the unnormalised focal-loss sum: (logits, targets) -> 0-dim tensor
+    (float32 for half/bfloat16 logits; accumulated in double by the kernel)."""
 
     @staticmethod
     def forward(ctx, logits, targets, alpha, gamma, ignore_index):
@@ -79,7 +86,7 @@ class SigmoidFocalSum(torch.autograd.Function):
                  np.float64(gamma), np.int64(ignore_index), out))
         ctx.save_for_backward(logits, targets)
         ctx.params = (alpha, gamma, ignore_index)
-        return out.to(logits.dtype).reshape(())
+        return out.to(_sum_dtype(logits.dtype)).reshape(())
 
     @staticmethod
     def backward(ctx, grad):
@@ -124,13 +131,13 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     valid = targets != ignore_index
     if normalization == "positive":
         valid = valid & (targets > 0)
-    norm = valid.sum().clamp(min=1).to(logits.dtype)
+    norm = valid.sum().clamp(min=1).to(_sum_dtype(logits.dtype))
     if kernel_device(logits, targets) is not None:
         total = SigmoidFocalSum.apply(logits, targets, float(alpha), float(gamma),
                                       int(ignore_index))
     else:
         total = sigmoid_focal_sum_reference(logits, targets, alpha, gamma, ignore_index)
-    loss = total / norm
+    loss = (total / norm).to(logits.dtype)
     if grad_scale is not None:
         scale = torch.as_tensor(grad_scale, dtype=logits.dtype, device=logits.device)
         if scale.numel() != 1:

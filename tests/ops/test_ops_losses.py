@@ -231,3 +231,15 @@ def test_mixed_dtypes_promote(backend):
         got = fn(x, t)
         assert got.dtype == D
         torch.testing.assert_close(got, fn(x.double(), t))
+
+
+def test_focal_half_sum_does_not_overflow():
+    # 4000 x 80 background logits of 3: each term ~0.75 * 0.95^2 * 3.05, total ~ 6.6e5 > 65504
+    x = torch.full((4000, 80), 3.0, dtype=torch.float16)
+    t = torch.zeros(4000, dtype=torch.long)
+    got = sigmoid_focal_loss(x, t)  # no positives: divisor 1, so the result itself is large
+    want = sigmoid_focal_loss(x.double(), t)
+    assert got.dtype == torch.float16
+    assert torch.isinf(got) == (want > 65504)  # the sum itself stayed finite in float32
+    valid = sigmoid_focal_loss(x, t, normalization="valid")  # divided by 4000: representable
+    torch.testing.assert_close(valid.double(), want / 4000, rtol=2e-3, atol=0)
