@@ -49,7 +49,16 @@ def wrapper_source(source: str) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CV_OPS_CACHE", Path.home() / ".cache" / "cv_ops")) / "emulation"
+    """$CV_OPS_CACHE/emulation, else ~/.cache/cv_ops/emulation, else a per-user temp dir
+    when the home directory is not writable."""
+    if os.environ.get("CV_OPS_CACHE"):
+        return Path(os.environ["CV_OPS_CACHE"]) / "emulation"
+    home = Path.home() / ".cache" / "cv_ops" / "emulation"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+    except OSError:
+        return Path(tempfile.gettempdir()) / f"cv_ops-{os.getuid()}" / "emulation"
 
 
 def build_code(wrapper: str, stem: str) -> Path:
