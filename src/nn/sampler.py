@@ -43,14 +43,39 @@ def select_top_k(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) 
     lowest = torch.finfo(scores.dtype).min
     key = torch.nan_to_num(scores, nan=lowest, posinf=torch.finfo(scores.dtype).max,
                            neginf=lowest)
+    k = torch.as_tensor(k, device=scores.device)
+    if k.dim() > 0:
+        k = k.unsqueeze(-1)
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float16,
+                                                         torch.bfloat16):
+        return _select_top_k_packed(key, eligible, k)
     key = torch.where(eligible, key, torch.full_like(key, float("-inf")))
     order = torch.sort(key, dim=-1, descending=True, stable=True).indices
     ar = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(-1, order, ar)
-    k = torch.as_tensor(k, device=scores.device)
-    if k.dim() > 0:
-        k = k.unsqueeze(-1)
     return eligible & (rank < k)
+
+
+def _select_top_k_packed(key: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor):
+    """``select_top_k`` for finite float32-representable keys via one partial ``topk``.
+
+    Each key becomes an int64 ``(order-preserving bits of the float32 score) << 32 | (N - 1 -
+    index)``, so the integer order is (score desc, index asc) exactly, ties included. The size
+    of the ``topk`` is read on the host, which is free on CPU (the only device it runs on).
+    """
+    n = key.shape[-1]
+    kmax = int(torch.as_tensor(k).clamp(max=n).max()) if k.numel() else 0
+    if kmax <= 0:
+        return torch.zeros_like(eligible)
+    bits = (key.float() + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0 into +0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone for negative floats
+    idx = torch.arange(n - 1, -1, -1, dtype=torch.int64, device=key.device)
+    packed = (bits << 32) | idx
+    packed = packed.masked_fill(~eligible, torch.iinfo(torch.int64).min)
+    top = packed.topk(kmax, dim=-1).indices  # sorted by (score desc, index asc)
+    in_quota = torch.arange(kmax, device=key.device) < k
+    chosen = torch.zeros_like(eligible).scatter_(-1, top, in_quota.expand_as(top))
+    return chosen & eligible
 
 
 def _out(matches: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -141,3 +141,18 @@ def test_quota_sampler_uniform_choice():
                        generator=torch.Generator().manual_seed(1))(matches, torch.ones(400, 10, 1))
     freq = (out > 0).double().mean(0)
     assert torch.allclose(freq, torch.full((10,), 0.2, dtype=torch.float64), atol=0.07)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -0.0, 1.5, -1.5, 2.0, -3.0, 1e-30, -1e-30, float("inf"),
+                                 float("-inf"), float("nan"), 7.0]), min_size=1, max_size=40),
+       st.integers(0, 45), st.integers(0, 2**31))
+def test_select_top_k_packed_path_equals_sort_path(values, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    s32 = torch.tensor([values, values[::-1]], dtype=torch.float32)
+    eligible = torch.rand(s32.shape, generator=gen) > 0.3
+    quota = torch.tensor([k, max(0, k - 3)])
+    fast = select_top_k(s32, eligible, quota)  # CPU float32: packed int64 topk
+    slow = select_top_k(s32.double(), eligible, quota)  # float64: stable sort
+    assert torch.equal(fast, slow)
+    assert torch.equal(select_top_k(s32, eligible, k), select_top_k(s32.double(), eligible, k))
