@@ -77,14 +77,14 @@ class SigmoidFocalSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, alpha, gamma, ignore_index):
-        logits = logits.contiguous()
+        x = logits.contiguous()
         targets = targets.to(torch.int64).contiguous()
-        n, c = logits.shape
-        out = torch.zeros(1, dtype=torch.float64, device=logits.device)
-        _launch("focal_loss.cu", "sigmoid_focal_fwd", _ctype(logits), logits.device, n * c,
-                (logits, targets, np.int64(n), np.int64(c), np.float64(alpha),
+        n, c = x.shape
+        out = torch.zeros(1, dtype=torch.float64, device=x.device)
+        _launch("focal_loss.cu", "sigmoid_focal_fwd", _ctype(x), x.device, n * c,
+                (x, targets, np.int64(n), np.int64(c), np.float64(alpha),
                  np.float64(gamma), np.int64(ignore_index), out))
-        ctx.save_for_backward(logits, targets)
+        ctx.save_for_backward(logits, targets)  # the input itself: double backward needs it
         ctx.params = (alpha, gamma, ignore_index)
         return out.to(_sum_dtype(logits.dtype)).reshape(())
 
@@ -97,11 +97,12 @@ class SigmoidFocalSum(torch.autograd.Function):
                 lambda x: sigmoid_focal_sum_reference(x, targets, alpha, gamma, ignore_index),
                 (logits,), (True,), grad)
             return g, None, None, None, None
-        n, c = logits.shape
+        x = logits.contiguous()
+        n, c = x.shape
         coef = grad.detach().to(torch.float64).reshape(1).contiguous()
-        grad_logits = torch.empty_like(logits)
-        _launch("focal_loss.cu", "sigmoid_focal_bwd", _ctype(logits), logits.device, n * c,
-                (logits, targets, np.int64(n), np.int64(c), np.float64(alpha),
+        grad_logits = torch.empty_like(x)
+        _launch("focal_loss.cu", "sigmoid_focal_bwd", _ctype(x), x.device, n * c,
+                (x, targets, np.int64(n), np.int64(c), np.float64(alpha),
                  np.float64(gamma), np.int64(ignore_index), coef, grad_logits))
         return grad_logits, None, None, None, None
 

@@ -243,3 +243,15 @@ def test_focal_half_sum_does_not_overflow():
     assert torch.isinf(got) == (want > 65504)  # the sum itself stayed finite in float32
     valid = sigmoid_focal_loss(x, t, normalization="valid")  # divided by 4000: representable
     torch.testing.assert_close(valid.double(), want / 4000, rtol=2e-3, atol=0)
+
+
+def test_double_backward_reaches_non_contiguous_inputs(backend):
+    """Second derivatives flow back to the caller's tensor, also through a transpose."""
+    gen = torch.Generator().manual_seed(10)
+    base = torch.randn(3, 6, generator=gen, dtype=D, requires_grad=True)
+    targets = torch.tensor([0, 1, 3, -1, 2, 2])
+    fn = lambda b: sigmoid_focal_loss(b.t(), targets)  # (6, 3) non-contiguous view
+    assert gradgradcheck(fn, (base,))
+    (g,) = torch.autograd.grad(fn(base), base, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), base)  # a gradient-penalty-like term
+    assert gg.abs().sum() > 0
