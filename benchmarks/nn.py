@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--breakdown", action="store_true", help="also time each batched stage")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -150,6 +151,29 @@ def main():
             else:
                 equal = str(all(torch.equal(a, b) for a, b in zip(batched(), loop())))
             print(f"{kind:<8} {tb * 1e3:>11.1f} {tl * 1e3:>9.1f} {tl / tb:>7.1f}x  {equal}")
+        if args.breakdown:
+            breakdown(Assign("hard"), anchors, boxes, lm, labels, losses, args.repeat, sync)
+
+
+def breakdown(mod, anchors, boxes, lm, labels, losses, repeat, sync):
+    """Median time of each stage of the batched RetinaFace assignment."""
+    iou = mod.iou(anchors, boxes)
+    matches = mod.matcher(iou)
+    samples = mod.sampler(matches, losses)
+    stages = {
+        "iou (BBoxBatchIOU)": lambda: mod.iou(anchors, boxes),
+        "match (bipartite+max)": lambda: mod.matcher(iou),
+        "sample (7:1 hard neg)": lambda: mod.sampler(matches, losses),
+        "encode boxes": lambda: mod.box(samples, matches, anchors, boxes),
+        "encode landmarks": lambda: mod.landmark(samples, matches, anchors, lm),
+        "encode classes": lambda: mod.cls(samples, matches, labels),
+    }
+    print(f"{'stage (batched, hard)':<24} {'ms':>8}")
+    for name, fn in stages.items():
+        def run(fn=fn):
+            fn()
+            sync()
+        print(f"{name:<24} {timeit(run, repeat) * 1e3:>8.1f}")
 
 
 if __name__ == "__main__":
