@@ -1,0 +1,93 @@
+"""Every config that should compose does, with the right types; incompatible picks and typos
+stop with a message naming the valid choices / the bad key."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from src.app import CONF_DIR, check_compatibility
+from src.config import register_configs
+from src.utils.errors import UserError
+from src.utils.resolvers import register_resolvers
+
+register_resolvers()
+register_configs()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["paths.output_dir=/tmp/run", "paths.work_dir=/tmp",
+                                           *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _fits(model: str, group: str, option: str) -> bool:
+    accepts = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")._accepts_
+    kind = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")._kind_
+    return kind in accepts[group]
+
+
+COMBOS = list(itertools.product(options("model"), options("loss"), options("dataset")))
+
+
+@pytest.mark.parametrize("model,loss,dataset", COMBOS)
+def test_model_loss_dataset_combinations(model, loss, dataset):
+    cfg = _compose(f"model={model}", f"loss={loss}", f"dataset={dataset}")
+    if _fits(model, "loss", loss) and _fits(model, "dataset", dataset):
+        check_compatibility(cfg)
+        # everything the builders will read resolves
+        for node in (cfg.model, cfg.loss, cfg.dataset, cfg.optimizer, cfg.trainer):
+            OmegaConf.to_container(node, resolve=True)
+        assert isinstance(cfg.dataset.image_size, int)
+    else:
+        with pytest.raises(UserError) as e:
+            check_compatibility(cfg)
+        msg = str(e.value)
+        assert "\n" not in msg and f"model={model}" in msg and "valid choices: " in msg
+        bad = "loss" if not _fits(model, "loss", loss) else "dataset"
+        assert f"{bad}={loss if bad == 'loss' else dataset}" in msg
+        valid = [o for o in options(bad) if _fits(model, bad, o)]
+        assert all(f"{bad}={o}" in msg for o in valid)
+
+
+@pytest.mark.parametrize("group", ["optimizer", "scheduler", "trainer", "logger", "paths",
+                                   "experiment", "debug"])
+def test_every_option_of_each_group_composes(group):
+    for option in options(group):
+        cfg = _compose(f"{group}={option}")
+        OmegaConf.to_container(cfg.trainer, resolve=True)
+        OmegaConf.to_container(cfg.optimizer, resolve=True)
+
+
+def test_ws_dan_paper_recipe():
+    cfg = _compose("experiment=ws_dan_cub")
+    assert cfg.model.backbone == "inception_v3" and cfg.model.num_attentions == 32
+    assert cfg.dataset._target_.endswith("build_cub") and cfg.dataset.image_size == 448
+    assert cfg.trainer.batch_size == 12 and cfg.trainer.max_epochs == 160
+    o, s = cfg.optimizer, cfg.scheduler
+    assert (o._target_, o.lr, o.momentum, o.weight_decay) == ("torch.optim.SGD", 1e-3, 0.9, 1e-5)
+    assert (s._target_.endswith("StepLR"), s.step_size, s.gamma) == (True, 2, 0.9)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.max_epoch=3", "max_epoch"),
+    ("trainer.batch_size=big", "batch_size"),
+    ("optimizer.momentum=fast", "momentum"),
+    ("scheduler.step_sise=2", "step_sise"),
+    ("logger.projekt=x", "projekt"),
+    ("paths.data=x", "data"),
+])
+def test_schema_rejects_typos_and_wrong_types(override, needle):
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose(override)
+    assert needle in str(e.value) + str(e.value.__cause__)
