@@ -44,21 +44,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from src.models.retinaface.priors import (
+    MIN_SIZES,
+    STEPS,
+    feature_map_sizes,
+    num_priors,
+    prior_boxes,
+)
 from src.nn import (
     BBoxBatchIOU,
     HardNegativeSampler,
     MaximumMatcher,
     NormalizedBoxCenterEncoder,
     NormalizedLandmarkCenterEncoder,
+    select_top_k,
 )
 from src.nn.bbox import center_to_corner, is_padding
 from src.nn.coder import gather_matched
-from src.ops import sigmoid_focal_loss, smooth_l1_loss, wing_loss
+from src.ops import box_iou, sigmoid_focal_loss, smooth_l1_loss, wing_loss
 
-__all__ = ["MultiBoxLoss", "MultiBoxTargets", "force_best_anchors"]
+__all__ = ["MultiBoxLoss", "MultiBoxTargets", "force_best_anchors", "window_candidates"]
 
 LANDMARK_LOSSES = ("smooth_l1", "wing")
 CLASSIFICATIONS = ("ce", "focal")
+ASSIGNMENTS = ("auto", "dense", "windowed")
 
 
 def force_best_anchors(best_anchor: Tensor, forcing: Tensor, num_anchors: int) -> Tensor:
@@ -81,6 +90,91 @@ def force_best_anchors(best_anchor: Tensor, forcing: Tensor, num_anchors: int) -
     j = torch.arange(m, device=best_anchor.device).expand(b, m)
     src = torch.where(forcing, j, torch.full_like(j, -1))
     return out.scatter_reduce_(1, best_anchor.long(), src, reduce="amax", include_self=True)
+
+
+def window_candidates(boxes: Tensor, image_size: tuple[int, int], min_iou: float,
+                      min_sizes: Sequence[Sequence[int]] = MIN_SIZES,
+                      steps: Sequence[int] = STEPS) -> tuple[Tensor, Tensor]:
+    """Every (face, prior) pair that can have IoU >= ``min_iou``, as flat index pairs.
+
+    Priors are the grid of ``priors.prior_boxes`` (level -> row -> column -> size). IoU >= t
+    means ``inter >= t * (area_p + area_g) / (1 + t)``, and ``inter = ix * iy`` with ``iy <=
+    min(h_p, h_g)``, so the x-overlap needs ``ix >= d = t (area_p + area_g) / ((1 + t)
+    min(h_p, h_g))`` (impossible when ``min(w_p, w_g) < d``), i.e. the prior centre lies in
+    ``[g_x1 + d - w_p / 2, g_x2 - d + w_p / 2]``; the same for y. That is a window of grid cells
+    per face, level and size (a union over the sizes of a level; bounds taken with a relative
+    margin of 1e-4 on t for the float32 IoU that decides afterwards). Extra pairs are harmless
+    (their IoU is computed exactly afterwards); no pair reaching ``min_iou`` is missed.
+
+    Args:
+        boxes: ``(B, M, 4)`` normalised corners, padding rows -1 (they get no pair).
+
+    Returns:
+        ``(face, prior)``: int64 ``(N,)`` each; ``face`` indexes ``boxes.reshape(-1, 4)``,
+        ``prior`` the P priors; face-major, ascending prior index within a face.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    g = boxes.reshape(-1, 4).detach().to(torch.float64)
+    dev = g.device
+    nf = g.shape[0]
+    real = ~is_padding(g)
+    gw, gh = (g[:, 2] - g[:, 0])[:, None], (g[:, 3] - g[:, 1])[:, None]
+    t = float(min_iou) * (1 - 1e-4)  # margin for the float32 IoU that decides afterwards
+    eps = 1e-6
+    levels = feature_map_sizes((h, w), steps)
+    num_a = len(min_sizes[0])
+    base, lo_i, lo_j, n_i, n_j, fws, bases = 0, [], [], [], [], [], []
+    for (fh, fw), step, sizes in zip(levels, steps, min_sizes):
+        s_px = torch.tensor(sizes, dtype=torch.float64, device=dev)[None, :]  # (1, A)
+        pw, ph = s_px / w, s_px / h
+        # IoU >= t  <=>  inter >= t (A_p + A_g) / (1 + t), and inter <= ix * min(h_p, h_g)
+        need = t * (pw * ph + gw * gh) / (1 + t)  # (F, A)
+        dx = need / torch.minimum(ph, gh)
+        dy = need / torch.minimum(pw, gw)
+        feasible = ((torch.minimum(pw, gw) >= dx) & (torch.minimum(ph, gh) >= dy)
+                    & real[:, None])
+        j0 = torch.ceil((g[:, 0:1] + dx - pw / 2) * (w / step) - 0.5 - eps)
+        j1 = torch.floor((g[:, 2:3] - dx + pw / 2) * (w / step) - 0.5 + eps)
+        i0 = torch.ceil((g[:, 1:2] + dy - ph / 2) * (h / step) - 0.5 - eps)
+        i1 = torch.floor((g[:, 3:4] + ph / 2 - dy) * (h / step) - 0.5 + eps)
+        inf = float("inf")
+        j0 = torch.where(feasible, j0, inf).amin(1).clamp(min=0)
+        i0 = torch.where(feasible, i0, inf).amin(1).clamp(min=0)
+        j1 = torch.where(feasible, j1, -inf).amax(1).clamp(max=fw - 1)
+        i1 = torch.where(feasible, i1, -inf).amax(1).clamp(max=fh - 1)
+        nj = (j1 - j0 + 1).clamp(min=0)
+        ni = (i1 - i0 + 1).clamp(min=0)
+        lo_i.append(torch.nan_to_num(i0, posinf=0))
+        lo_j.append(torch.nan_to_num(j0, posinf=0))
+        n_i.append(ni)
+        n_j.append(nj)
+        fws.append(fw)
+        bases.append(base)
+        base += fh * fw * num_a
+    n_lev = len(levels)
+    i0 = torch.stack(lo_i, 1).long().reshape(-1)  # (F * L,) face-major
+    j0 = torch.stack(lo_j, 1).long().reshape(-1)
+    nj = torch.stack(n_j, 1).long().reshape(-1)
+    counts = (torch.stack(n_i, 1).long().reshape(-1) * nj) * num_a
+    total = int(counts.sum())
+    if total == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty
+    seg = torch.repeat_interleave(torch.arange(nf * n_lev, device=dev), counts,
+                                  output_size=total)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(total, device=dev) - starts[seg]
+    lev = seg % n_lev
+    a = local % num_a
+    cell = torch.div(local, num_a, rounding_mode="floor")
+    nx = nj[seg]
+    di = torch.div(cell, nx, rounding_mode="floor")
+    dj = cell - di * nx
+    fw_t = torch.tensor(fws, dtype=torch.long, device=dev)[lev]
+    base_t = torch.tensor(bases, dtype=torch.long, device=dev)[lev]
+    prior = base_t + ((i0[seg] + di) * fw_t + (j0[seg] + dj)) * num_a + a
+    face = torch.div(seg, n_lev, rounding_mode="floor")
+    return face, prior
 
 
 @dataclass
@@ -112,13 +206,21 @@ class MultiBoxLoss(nn.Module):
         classification: ``ce`` (with hard negative mining) | ``focal`` (``focal_alpha``,
             ``focal_gamma``, over all priors).
         reference_matching: True restores the reference's matching bug (see module doc).
+        assignment: ``dense`` computes the IoU of every prior with every face (no host
+            synchronisation; the GPU path); ``windowed`` only the (face, prior) pairs that can
+            reach IoU ``min(ignore_thresh, overlap_thresh)`` (``window_candidates``: exact, much
+            less work, one host sync for the pair count); ``auto`` = windowed on CPU when
+            ``image_size`` is given and the priors are the grid of ``min_sizes`` / ``steps``,
+            else dense. ``reference_matching`` always runs dense (an ignored face's best prior
+            may have any IoU).
 
-    ``forward(predictions, priors, boxes, labels, landmarks)``:
+    ``forward(predictions, priors, boxes, labels, landmarks, image_size=None)``:
         predictions: ``(loc (B, P, 4), conf (B, P, 2) logits, landm (B, P, 10))``;
         priors: ``(P, 4)`` normalised ``cxcywh``;
         boxes: ``(B, M, 4)`` normalised corners, padding rows all -1;
         labels: ``(B, M)`` 1 (face with landmarks) or -1 (face without landmarks);
-        landmarks: ``(B, M, 10)`` normalised ``x, y`` of five points.
+        landmarks: ``(B, M, 10)`` normalised ``x, y`` of five points;
+        image_size: the (H, W) the priors were made for (enables ``windowed`` assignment).
     Returns ``{"loss", "loc", "cls", "landm", "num_pos"}`` (0-dim tensors; only ``loss`` and
     the parts carry gradients).
     """
@@ -140,6 +242,9 @@ class MultiBoxLoss(nn.Module):
         wing_w: float = 10.0,
         wing_eps: float = 2.0,
         reference_matching: bool = False,
+        assignment: str = "auto",
+        min_sizes: Sequence[Sequence[int]] = MIN_SIZES,
+        steps: Sequence[int] = STEPS,
     ):
         super().__init__()
         if num_classes != 2:
@@ -151,7 +256,13 @@ class MultiBoxLoss(nn.Module):
         if classification not in CLASSIFICATIONS:
             raise ValueError(f"MultiBoxLoss: classification={classification!r}: choose one of "
                              f"{CLASSIFICATIONS}")
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"MultiBoxLoss: assignment={assignment!r}: choose one of "
+                             f"{ASSIGNMENTS}")
         v0, v1 = (float(v) for v in variances)
+        self.assignment = assignment
+        self.min_sizes = tuple(tuple(int(x) for x in m) for m in min_sizes)
+        self.steps = tuple(int(x) for x in steps)
         self.overlap_thresh = float(overlap_thresh)
         self.ignore_thresh = float(ignore_thresh)
         self.neg_pos_ratio = float(neg_pos_ratio)
@@ -212,35 +323,144 @@ class MultiBoxLoss(nn.Module):
         landm_t = torch.where(landm_mask.unsqueeze(-1), landm_t, torch.zeros_like(landm_t))
         return MultiBoxTargets(matches, loc_t, landm_t, landm_mask)
 
+    # ---- windowed assignment ------------------------------------------------------------
+    def _windowed(self, priors: Tensor, image_size, device: torch.device) -> bool:
+        if self.reference_matching or image_size is None or self.assignment == "dense":
+            return False
+        fits = priors.shape[0] == num_priors(tuple(image_size), self.min_sizes, self.steps)
+        if fits:  # the same grid (cached tensors: usually the very same object)
+            grid = prior_boxes(tuple(image_size), self.min_sizes, self.steps, False,
+                               priors.device, priors.dtype)
+            fits = grid is priors or torch.equal(grid, priors)
+        if self.assignment == "windowed":
+            if not fits:
+                raise ValueError(f"MultiBoxLoss: assignment=windowed needs the priors of "
+                                 f"image_size={tuple(image_size)} (min_sizes/steps of the loss)")
+            return True
+        return fits and device.type == "cpu"
+
+    @torch.no_grad()
+    def match_windowed(self, priors: Tensor, boxes: Tensor,
+                       image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """As ``match`` (fixed matching), from the candidate pairs of ``window_candidates``.
+
+        Returns ``(matches (B, P), pos_face (K,), pos_key (K,))``: the positives as flat face
+        indices into ``boxes.reshape(-1, 4)`` and flat prior keys ``b * P + p``.
+        """
+        bsz, m = boxes.shape[:2]
+        p = priors.shape[0]
+        dev = boxes.device
+        face, prior = window_candidates(boxes, image_size,
+                                        min(self.ignore_thresh, self.overlap_thresh),
+                                        self.min_sizes, self.steps)
+        flat = boxes.reshape(-1, 4)
+        anchors = center_to_corner(priors.to(boxes.dtype))[prior]
+        iou = box_iou(anchors[:, None, :], flat[face][:, None, :])[:, 0, 0]  # (N,)
+        nf = flat.shape[0]
+        # each face's best prior (first on ties: pairs are in ascending prior order)
+        best = iou.new_full((nf,), -1.0).scatter_reduce(0, face, iou, "amax")
+        big = torch.iinfo(torch.long).max
+        at_best = torch.where(iou == best[face], prior, torch.full_like(prior, big))
+        best_prior = torch.full((nf,), big, dtype=torch.long, device=dev).scatter_reduce(
+            0, face, at_best, "amin")
+        valid = (best >= self.ignore_thresh).reshape(bsz, m)
+        best_prior = torch.where(valid.reshape(-1), best_prior, 0).reshape(bsz, m)
+        by_valid = force_best_anchors(best_prior, valid, p)
+        # each prior's best face where IoU >= overlap_thresh (first face on ties)
+        key = torch.div(face, m, rounding_mode="floor") * p + prior
+        top = iou.new_full((bsz * p,), -1.0).scatter_reduce(0, key, iou, "amax")
+        hit = (iou == top[key]) & (iou >= self.overlap_thresh)
+        mm = face % m
+        by_thr = torch.full((bsz * p,), m, dtype=torch.long, device=dev).scatter_reduce(
+            0, key, torch.where(hit, mm, torch.full_like(mm, m)), "amin")
+        by_thr = torch.where(by_thr == m, -1, by_thr).reshape(bsz, p)
+        matches = torch.where(by_valid >= 0, by_valid, by_thr)
+        is_pos = matches.reshape(-1)[key] == mm  # one pair per positive prior
+        return matches, face[is_pos], key[is_pos]
+
     # ---- loss ------------------------------------------------------------------------
+    def _regression(self, loc, loc_t, pos, landm, landm_t, landm_pos):
+        """Summed box and landmark losses over the masked rows (any leading shape)."""
+        posf = pos.unsqueeze(-1).to(loc.dtype)
+        loss_loc = (smooth_l1_loss(loc, loc_t) * posf).sum()
+        if self.landmark_loss == "wing":
+            per = wing_loss(landm, landm_t, w=self.wing_w, eps=self.wing_eps)
+        else:
+            per = smooth_l1_loss(landm, landm_t)
+        loss_landm = (per * landm_pos.unsqueeze(-1).to(landm.dtype)).sum()
+        return loss_loc, loss_landm
+
+    def _mined_ce_sparse(self, conf: Tensor, pos: Tensor) -> Tensor:
+        """Summed cross-entropy over the positives and the hard negatives, computed on those
+        rows only (the host-synchronising path): the same negatives as ``HardNegativeSampler``
+        (the ``floor(ratio * num_pos)`` largest background losses of each image; ties may pick
+        other priors of equal loss), preselected with ``topk`` instead of a full sort."""
+        with torch.no_grad():
+            bg = F.softplus(conf[..., 1] - conf[..., 0])  # -log softmax(conf)[..., 0]
+            num_pos = pos.sum(dim=1)
+            num_neg = torch.minimum(
+                torch.floor(num_pos.to(torch.float64) * self.neg_pos_ratio).long(),
+                pos.shape[1] - num_pos)
+            k = int(num_neg.max()) if num_neg.numel() else 0
+            chosen = pos.clone()
+            if k > 0:
+                vals, idx = torch.where(pos, float("-inf"), bg).topk(k, dim=1)
+                neg = select_top_k(vals, vals > float("-inf"), num_neg)
+                chosen.scatter_(1, idx, neg | chosen.gather(1, idx))
+            rows = chosen.reshape(-1).nonzero().squeeze(1)
+        picked = conf.reshape(-1, conf.shape[-1])[rows]
+        return F.cross_entropy(picked, pos.reshape(-1)[rows].long(), reduction="sum")
+
     def forward(self, predictions: Sequence[Tensor], priors: Tensor, boxes: Tensor,
-                labels: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+                labels: Tensor, landmarks: Tensor,
+                image_size: tuple[int, int] | None = None) -> dict[str, Tensor]:
         loc, conf, landm = predictions
-        t = self.assign(priors, boxes.to(loc.dtype), labels, landmarks.to(loc.dtype))
-        pos = t.positive  # (B, P)
+        boxes, landmarks = boxes.to(loc.dtype), landmarks.to(loc.dtype)
+        bsz = loc.shape[0]
+        if boxes.shape[1] == 0:  # no face in the whole batch: one padding row keeps shapes
+            boxes = boxes.new_full((bsz, 1, 4), -1.0)
+            labels = labels.new_full((bsz, 1), -1)
+            landmarks = landmarks.new_full((bsz, 1, 10), -1.0)
+        windowed = self._windowed(priors, image_size, loc.device)
+        if windowed:
+            matches, face, key = self.match_windowed(priors, boxes, tuple(image_size))
+            with torch.no_grad():
+                k = face.shape[0]
+                ones = torch.ones(1, k, dtype=loc.dtype, device=loc.device)
+                prior = key % priors.shape[0]
+                anchors = center_to_corner(priors.to(loc.dtype))[prior]
+                fid = face[None]
+                loc_t = self.box_encoder(ones, fid, anchors, boxes.reshape(1, -1, 4))[0][0]
+                landm_t, lm_mask = self.landm_encoder(ones, fid, anchors,
+                                                      landmarks.reshape(1, -1, 10))
+                landm_t = landm_t[0]
+                landm_pos = (lm_mask[0, :, 0] > 0) & (labels.reshape(-1)[face] > 0)
+            loss_loc, loss_landm = self._regression(
+                loc.reshape(-1, 4)[key], loc_t, torch.ones_like(landm_pos),
+                landm.reshape(-1, 10)[key], landm_t, landm_pos)
+        else:
+            t = self.assign(priors, boxes, labels, landmarks)
+            matches = t.matches
+            landm_pos = t.landm_mask
+            loss_loc, loss_landm = self._regression(loc, t.loc, t.positive, landm, t.landm,
+                                                    landm_pos)
+        pos = matches >= 0  # (B, P)
         num_pos = pos.sum()
         n = num_pos.clamp(min=1).to(loc.dtype)
-        n_landm = t.landm_mask.sum().clamp(min=1).to(loc.dtype)
-        posf = pos.unsqueeze(-1).to(loc.dtype)
-
-        loss_loc = (smooth_l1_loss(loc, t.loc) * posf).sum() / n
-
-        landm_mask = t.landm_mask.unsqueeze(-1).to(landm.dtype)
-        if self.landmark_loss == "wing":
-            per = wing_loss(landm, t.landm, w=self.wing_w, eps=self.wing_eps)
-        else:
-            per = smooth_l1_loss(landm, t.landm)
-        loss_landm = (per * landm_mask).sum() / n_landm
+        loss_loc = loss_loc / n
+        loss_landm = loss_landm / landm_pos.sum().clamp(min=1).to(loc.dtype)
 
         target = pos.long()
         if self.classification == "focal":
             logit = (conf[..., 1] - conf[..., 0]).reshape(-1, 1)
             loss_cls = sigmoid_focal_loss(logit, target.reshape(-1), alpha=self.focal_alpha,
                                           gamma=self.focal_gamma, normalization="positive")
+        elif windowed:
+            loss_cls = self._mined_ce_sparse(conf, pos) / n
         else:
             logp = F.log_softmax(conf, dim=-1)  # (B, P, 2)
             # hard negative mining on the background cross-entropy
-            samples = self.sampler(t.matches, -logp[..., 0].detach())
+            samples = self.sampler(matches, -logp[..., 0].detach())
             ce = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             loss_cls = (ce * (samples != 0).to(ce.dtype)).sum() / n
 

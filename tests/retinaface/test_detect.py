@@ -8,48 +8,7 @@ import torch
 
 from src.models.retinaface import prior_boxes
 from src.models.retinaface.detect import DetectConfig, _groups, decode, detect
-
-
-def py_cpu_nms(dets: np.ndarray, thresh: float) -> list[int]:
-    """The reference's greedy NMS (Fast R-CNN py_cpu_nms, +1 areas)."""
-    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        xx1 = np.maximum(x1[i], x1[order[1:]])
-        yy1 = np.maximum(y1[i], y1[order[1:]])
-        xx2 = np.minimum(x2[i], x2[order[1:]])
-        yy2 = np.minimum(y2[i], y2[order[1:]])
-        w = np.maximum(0.0, xx2 - xx1 + 1)
-        h = np.maximum(0.0, yy2 - yy1 + 1)
-        inter = w * h
-        ovr = inter / (areas[i] + areas[order[1:]] - inter)
-        order = order[np.where(ovr <= thresh)[0] + 1]
-    return keep
-
-
-def reference_detect(loc, conf, landm, priors, h, w, resize=1.0, conf_thresh=0.02,
-                     top_k=5000, nms_thresh=0.4, keep_top_k=750):
-    """One image, the reference's detect.py steps in numpy (float64 decoding)."""
-    v = (0.1, 0.2)
-    p = priors.astype(np.float64)
-    c = p[:, :2] + loc[:, :2] * v[0] * p[:, 2:]
-    wh = p[:, 2:] * np.exp(loc[:, 2:] * v[1])
-    boxes = np.concatenate([c - wh / 2, c - wh / 2 + wh], 1) * np.array([w, h, w, h]) / resize
-    e = np.exp(conf - conf.max(1, keepdims=True))
-    scores = e[:, 1] / e.sum(1)
-    lm = (p[:, None, :2] + landm.reshape(-1, 5, 2) * v[0] * p[:, None, 2:]).reshape(-1, 10)
-    lm = lm * np.array([w, h] * 5) / resize
-    inds = np.where(scores > conf_thresh)[0]
-    boxes, lm, scores = boxes[inds], lm[inds], scores[inds]
-    order = scores.argsort()[::-1][:top_k]
-    boxes, lm, scores = boxes[order], lm[order], scores[order]
-    dets = np.hstack((boxes, scores[:, None]))
-    keep = py_cpu_nms(dets, nms_thresh)
-    return dets[keep][:keep_top_k], lm[keep][:keep_top_k]
+from tests.retinaface.reference import reference_detect
 
 
 def synthetic_outputs(batch, num_priors, seed, faces_like=True):

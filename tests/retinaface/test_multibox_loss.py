@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from src.losses.multibox import MultiBoxLoss, force_best_anchors
+from src.losses.multibox import MultiBoxLoss, force_best_anchors, window_candidates
 from src.models.retinaface import prior_boxes
 from tests.retinaface import reference as R
 
@@ -254,3 +254,71 @@ def test_wing_and_focal_options():
         MultiBoxLoss(landmark_loss="l2")
     with pytest.raises(ValueError, match="classification"):
         MultiBoxLoss(classification="bce")
+
+
+# ------------------------------------------------------------------ windowed assignment
+@pytest.mark.parametrize("size", [(160, 160), (96, 200), (640, 640)])
+def test_window_candidates_contain_every_pair_reaching_the_threshold(size):
+    priors = prior_boxes(size, dtype=F64)
+    targets = random_targets(6, max(size), seed=sum(size))
+    boxes, _, _ = R.pad_targets(targets)
+    face, prior = window_candidates(boxes, size, 0.2)
+    iou = R.jaccard(boxes.reshape(-1, 4), R.point_form(priors))  # (F, P)
+    iou[(boxes.reshape(-1, 4) == -1).all(1)] = -1
+    need = set(map(tuple, (iou >= 0.2 * (1 - 1e-9)).nonzero().tolist()))
+    have = set(zip(face.tolist(), prior.tolist()))
+    assert need and need <= have
+    assert len(have) == len(face)  # no duplicate pair
+    assert len(have) < 0.1 * iou.numel()  # and far fewer pairs than the dense IoU
+    # face-major, ascending prior index within a face
+    key = face * priors.shape[0] + prior
+    assert torch.all(key[1:] > key[:-1])
+
+
+def test_window_candidates_hand_worked():
+    # a 16 px face on the prior at (108, 108), t = 0.2. 16 px priors: inter must reach
+    # 0.2 * (256 + 256) / 1.2 = 85.3 px^2, so the x-overlap >= 85.3 / 16 = 5.33 px: centres in
+    # [100 + 5.33 - 8, 116 - 5.33 + 8] = [97.3, 118.7] -> x = 100, 108, 116 (same for y).
+    # 32 px priors: 0.2 * 1280 / 1.2 / 16 = 13.3 px -> [97.3, 118.7], the same 3 x 3 cells.
+    # 64 px priors: 0.2 * 4352 / 1.2 / 16 = 45.3 px > 16 px of face: impossible (and larger).
+    boxes = (torch.tensor([[[100.0, 100, 116, 116]]], dtype=F64) / SIZE)
+    face, prior = window_candidates(boxes, (SIZE, SIZE), 0.2)
+    expect = [_prior_index(0, r, c, a) for r in (12, 13, 14) for c in (12, 13, 14)
+              for a in (0, 1)]
+    assert prior.tolist() == expect and face.tolist() == [0] * 18
+
+
+@pytest.mark.parametrize("size", [(160, 160), (128, 96)])
+def test_windowed_assignment_equals_dense(size):
+    priors = prior_boxes(size, dtype=F64)
+    targets = random_targets(5, max(size), seed=13)
+    preds = [p.requires_grad_() for p in predictions(5, priors.shape[0], seed=9)]
+    args = (priors, *R.pad_targets(targets))
+    dense = MultiBoxLoss(assignment="dense")(preds, *args, image_size=size)
+    windowed = MultiBoxLoss(assignment="windowed")(preds, *args, image_size=size)
+    for k in dense:
+        torch.testing.assert_close(windowed[k], dense[k], rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(dense["loss"], preds),
+                    torch.autograd.grad(windowed["loss"], preds)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    crit = MultiBoxLoss()
+    matches, _, _ = crit.match_windowed(priors, R.pad_targets(targets)[0], size)
+    assert torch.equal(matches, crit.match(priors, R.pad_targets(targets)[0]))
+
+
+def test_auto_assignment_choice_and_windowed_edge_cases():
+    crit = MultiBoxLoss()
+    pri = prior_boxes((64, 64))
+    assert crit._windowed(pri, (64, 64), torch.device("cpu"))
+    assert not crit._windowed(pri, None, torch.device("cpu"))
+    assert not crit._windowed(pri, (64, 96), torch.device("cpu"))  # other grid: dense
+    assert not MultiBoxLoss(reference_matching=True)._windowed(pri, (64, 64),
+                                                                torch.device("cpu"))
+    with pytest.raises(ValueError, match="windowed"):
+        MultiBoxLoss(assignment="windowed")._windowed(pri, (64, 96), torch.device("cpu"))
+    # no face / only an ignored tiny face: zero loss, like the dense path
+    preds = predictions(2, P640.shape[0], seed=0)
+    t = [_face(106.5, 106.5, 109.5, 109.5), torch.zeros(0, 15, dtype=F64)]
+    out = MultiBoxLoss(assignment="windowed")(preds, P640, *R.pad_targets(t),
+                                               image_size=(SIZE, SIZE))
+    assert float(out["loss"]) == 0.0
