@@ -1,0 +1,237 @@
+"""RetinaFace trainer: ``python run.py model=retinaface loss=multibox dataset=widerface``.
+
+Ties together the network (``src.models.retinaface``), its priors (computed once per input size,
+cached), the MultiBox loss (``src.losses.multibox``), the WIDER FACE data (``src.data.widerface``:
+dict samples, ``collate_faces`` padding with -1) and the WIDER FACE evaluator
+(``src.metrics.widerface``):
+
+* ``training_step``: forward, priors for the batch's (H, W), loss -> ``loss``, ``loc``, ``cls``,
+  ``landm``, ``num_pos``;
+* ``evaluate``: batched forward + post-processing (``src.models.retinaface.detect``) of the val
+  split, detections mapped back to the original image pixels, scored with the official protocol
+  -> ``ap_easy`` / ``ap_medium`` / ``ap_hard`` (monitor ``val/ap_easy``, max). With
+  ``save_predictions`` the detections are also written in the official per-image text format
+  under ``predictions_dir`` (``<event>/<name>.txt``; the official tools can score them);
+* ``visualize``: boxes and five landmarks drawn on the first images of a batch;
+* ``predict``: image files -> pictures with boxes and landmarks, and the detections;
+* ``export``: ONNX with dynamic batch, height and width (``export_onnx``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from src.data.widerface import collate_faces
+from src.models.retinaface import BGR_MEAN
+from src.models.retinaface.detect import DetectConfig, detect
+from src.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+# left eye, right eye, nose, left mouth corner, right mouth corner (BGR colours)
+LANDMARK_COLOURS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
+
+
+def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    landmarks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """A copy of the uint8 BGR image with boxes, scores and landmarks of detections whose score
+    is at least ``threshold`` (pixel coordinates of the image)."""
+    out = np.ascontiguousarray(image_bgr.copy())
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for box, score, pts in zip(boxes, scores, landmarks):
+        if score < threshold:
+            continue
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), thick)
+        cv2.putText(out, f"{score:.2f}", (x1, max(y1 - 3, 8)), cv2.FONT_HERSHEY_DUPLEX,
+                    0.35 * thick, (255, 255, 255), 1)
+        for k, colour in enumerate(LANDMARK_COLOURS):
+            x, y = float(pts[2 * k]), float(pts[2 * k + 1])
+            if x >= 0 and y >= 0:
+                cv2.circle(out, (int(round(x)), int(round(y))), thick + 1, colour, -1)
+    return out
+
+
+def to_bgr_uint8(image: torch.Tensor, mean: Sequence[float] = BGR_MEAN) -> np.ndarray:
+    """(3, H, W) BGR-minus-mean float tensor -> (H, W, 3) uint8 BGR."""
+    arr = image.detach().float().cpu().numpy().transpose(1, 2, 0) + np.asarray(mean, np.float32)
+    return np.clip(arr, 0, 255).round().astype(np.uint8)
+
+
+def _key(path: str) -> tuple[str, str]:
+    p = Path(path)
+    return p.parent.name, p.stem
+
+
+class RetinaFaceTask(Task):
+    monitor = "val/ap_easy"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.Module,
+        data: dict[str, Any],
+        confidence_threshold: float = 0.02,
+        top_k: int = 5000,
+        nms_threshold: float = 0.4,
+        keep_top_k: int = 750,
+        nms_offset: float = 1.0,
+        save_predictions: bool = False,
+        predictions_dir: str | os.PathLike | None = None,
+        vis_threshold: float = 0.5,
+        num_visualize: int = 4,
+        predict_size: int | None = None,
+        export_size: Sequence[int] = (640, 640),
+    ):
+        super().__init__()
+        self.model, self.loss, self.data = model, loss, data
+        variances = getattr(loss, "variances", (0.1, 0.2))
+        self.detect_cfg = DetectConfig(
+            confidence_threshold=float(confidence_threshold), top_k=int(top_k),
+            nms_threshold=float(nms_threshold), keep_top_k=int(keep_top_k),
+            nms_offset=float(nms_offset), variances=tuple(variances))
+        self.save_predictions = bool(save_predictions)
+        self.predictions_dir = Path(predictions_dir) if predictions_dir else None
+        if self.save_predictions and self.predictions_dir is None:
+            raise ValueError("RetinaFaceTask: save_predictions=true needs predictions_dir")
+        self.vis_threshold = float(vis_threshold)
+        self.num_visualize = int(num_visualize)
+        self.predict_size = int(predict_size) if predict_size else None
+        self.export_size = (int(export_size[0]), int(export_size[1]))
+
+    # ---- data -----------------------------------------------------------------------
+    def datasets(self) -> dict[str, Any]:
+        return self.data
+
+    def collate(self, samples: list[Any]) -> Any:
+        return collate_faces(samples)
+
+    def priors(self, images: torch.Tensor) -> torch.Tensor:
+        """Priors for the batch's (H, W), cached per size, device and dtype."""
+        return self.model.priors(tuple(images.shape[-2:]), device=images.device,
+                                 dtype=torch.float32)
+
+    # ---- training -------------------------------------------------------------------
+    def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        loc, conf, landm = self.model(images)
+        # the loss runs in float32 whatever the autocast precision of the network
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            out = self.loss((loc.float(), conf.float(), landm.float()), self.priors(images),
+                            batch["boxes"].float(), batch["labels"], batch["landmarks"].float(),
+                            image_size=tuple(images.shape[-2:]))
+        return out
+
+    # ---- inference ------------------------------------------------------------------
+    def detect_batch(self, images: torch.Tensor, scale: Any = 1.0) -> list[dict]:
+        loc, conf, landm = self.model(images)
+        return detect(loc.float(), conf.float(), landm.float(), self.priors(images),
+                      tuple(images.shape[-2:]), scale=scale, cfg=self.detect_cfg)
+
+    def evaluate(self, loader: Any) -> dict[str, float]:
+        from src.metrics.widerface import (
+            WiderFaceGT,
+            boxes_to_widerface,
+            evaluate_widerface,
+            write_widerface_predictions,
+        )
+
+        val = self.data.get("val")
+        if val is None or not hasattr(val, "widerface_gt"):
+            raise RuntimeError("RetinaFaceTask.evaluate needs a val split with widerface_gt()")
+        predictions: dict[tuple[str, str], np.ndarray] = {}
+        for batch in loader:
+            scale = batch["scale"].to(torch.float64)
+            scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
+            dets = self.detect_batch(batch["image"], scale.to(batch["image"].device))
+            for path, d in zip(batch["path"], dets):
+                arr = torch.cat([d["boxes"], d["scores"][:, None]], 1).double().cpu().numpy()
+                predictions[_key(path)] = boxes_to_widerface(arr)
+        gt = val.widerface_gt()
+        if len(predictions) < len(gt):  # limit_val_batches: score the images that were run
+            idx = [i for i, k in enumerate(gt.keys) if k in predictions]
+            gt = WiderFaceGT([gt.keys[i] for i in idx], [gt.boxes[i] for i in idx],
+                             {s: [v[i] for i in idx] for s, v in gt.keep.items()})
+        aps = evaluate_widerface(predictions, gt)
+        if self.save_predictions:
+            write_widerface_predictions(predictions, self.predictions_dir)
+            log.info("wrote WIDER FACE predictions of %d images to %s", len(predictions),
+                     self.predictions_dir)
+        return {f"ap_{k}": float(v) for k, v in aps.items()}
+
+    @torch.no_grad()
+    def visualize(self, batch: dict) -> dict[str, list]:
+        was_training = self.training
+        self.eval()
+        images = batch["image"][: self.num_visualize]
+        dets = self.detect_batch(images)
+        self.train(was_training)
+        out = []
+        for img, d in zip(images, dets):
+            picture = draw_detections(to_bgr_uint8(img), d["boxes"].cpu().numpy(),
+                                      d["scores"].cpu().numpy(), d["landmarks"].cpu().numpy(),
+                                      self.vis_threshold)
+            n = int((d["scores"] >= self.vis_threshold).sum())
+            out.append((picture[:, :, ::-1].copy(), f"{n} faces >= {self.vis_threshold:.2f}"))
+        return {"detections": out}
+
+    @torch.no_grad()
+    def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        device = next(self.model.parameters()).device
+        was_training = self.training
+        self.eval()
+        results, used = [], set()
+        for path in paths:
+            path = Path(path)
+            raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if raw is None:
+                from src.data.base import DataError
+
+                raise DataError(f"{path}: cannot read the image (corrupt or not an image)")
+            scale = 1.0
+            img = raw
+            if self.predict_size:
+                scale = self.predict_size / max(raw.shape[:2])
+                img = cv2.resize(raw, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+            x = img.astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+            d = self.detect_batch(x, scale)[0]
+            boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
+            points = d["landmarks"].cpu().numpy()
+            stem, n = path.stem, 1
+            while stem in used:
+                n += 1
+                stem = f"{path.stem}_{n}"
+            used.add(stem)
+            picture = out_dir / f"{stem}_faces.jpg"
+            cv2.imwrite(str(picture), draw_detections(raw, boxes, scores, points,
+                                                      self.vis_threshold))
+            keep = scores >= self.vis_threshold
+            results.append({
+                "path": str(path),
+                "picture": str(picture),
+                "detections": [
+                    {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
+                     "landmarks": [round(float(v), 2) for v in p]}
+                    for b, s, p in zip(boxes[keep], scores[keep], points[keep])
+                ],
+            })
+        self.train(was_training)
+        return results
+
+    def export(self, out_dir: Path) -> list[Path]:
+        from src.models.retinaface.export import export_onnx
+
+        path = export_onnx(self.model, Path(out_dir) / "retinaface.onnx",
+                           sample_size=self.export_size)
+        return [path]
