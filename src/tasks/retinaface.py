@@ -116,8 +116,8 @@ class RetinaFaceTask(Task):
 
     def priors(self, images: torch.Tensor) -> torch.Tensor:
         """Priors for the batch's (H, W), cached per size, device and dtype."""
-        return self.model.priors(tuple(images.shape[-2:]), device=images.device,
-                                 dtype=torch.float32)
+        net = getattr(self.model, "module", self.model)  # DDP wraps the model in training
+        return net.priors(tuple(images.shape[-2:]), device=images.device, dtype=torch.float32)
 
     # ---- training -------------------------------------------------------------------
     def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
