@@ -89,3 +89,24 @@ def test_feature_expander_ssd_layers():
     plain = FeatureExpander("resnet18", [4], [32], use_1x1_transition=False, use_bn=False)
     assert [type(m).__name__ for m in plain.extras[0]] == ["Conv2d", "ReLU"]
     assert plain.extras[0][0].bias is not None
+
+
+def test_feature_extractor_timm_module_by_index_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    model = timm.create_model("resnet18", pretrained=False)
+    fe = FeatureExtractor(model, (3, 4)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        c3, c4 = fe(x)
+        torch.testing.assert_close(c4, model.eval().forward_features(x))
+    assert c3.shape[1] == 256 and fe.channels == [256, 512]
+    # a .safetensors state_dict loads into a module network
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    torch.manual_seed(3)
+    other = timm.create_model("resnet18", pretrained=False)
+    fe2 = FeatureExtractor(other, ["layer4"], weights=path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fe2(x)[0], c4)
