@@ -156,3 +156,32 @@ def test_select_top_k_packed_path_equals_sort_path(values, k, seed):
     slow = select_top_k(s32.double(), eligible, quota)  # float64: stable sort
     assert torch.equal(fast, slow)
     assert torch.equal(select_top_k(s32, eligible, k), select_top_k(s32.double(), eligible, k))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 60), st.floats(0.5, 8), st.integers(0, 5),
+       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**31))
+def test_hard_negative_quotas_exact_and_hardest(b, n, ratio, min_samples, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    matches = torch.randint(-1, 2, (b, n), generator=gen) * (torch.rand(b, n, generator=gen) < 0.3)
+    matches = torch.where(matches == 0, -1, matches)
+    losses = (torch.randint(0, 5, (b, n), generator=gen) / 4).to(dtype)  # many ties
+    valid = torch.rand(b, n, generator=gen) > 0.2
+    out = HardNegativeSampler(ratio, min_samples)(matches, losses, valid)
+    for i in range(b):
+        pos = matches[i] >= 0
+        npos = int(pos.sum())
+        elig = ~pos & valid[i]
+        quota = min(max(min_samples, math.floor(ratio * npos)), n - npos)
+        neg = out[i] < 0
+        assert torch.equal(out[i] > 0, pos)
+        assert int(neg.sum()) == min(quota, int(elig.sum()))
+        assert not (neg & ~elig).any()
+        if neg.any() and (elig & ~neg).any():
+            assert losses[i][neg].min() >= losses[i][elig & ~neg].max()
+            # ties at the boundary go to the lower index
+            edge = losses[i][neg].min()
+            tied_out = (elig & ~neg & (losses[i] == edge)).nonzero()
+            tied_in = (neg & (losses[i] == edge)).nonzero()
+            if len(tied_out) and len(tied_in):
+                assert tied_in.max() < tied_out.min()
