@@ -48,14 +48,17 @@ def make_targets(batch: int, size: int, faces: int, seed: int) -> list[torch.Ten
     return out
 
 
-def timeit(fn, repeat: int) -> tuple[float, float, object]:
-    fn()  # warm-up
-    times, out = [], None
+def timeit_all(fns: list, repeat: int) -> list[tuple[float, float, object]]:
+    """Median and best ms of each function, measured round-robin (a shared machine's load
+    then weighs on every row alike)."""
+    outs = [fn() for fn in fns]  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, min(times) * 1e3, out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t) * 1e3, min(t) * 1e3, o) for t, o in zip(times, outs)]
 
 
 def bench_loss(batch: int, size: int, faces: int, repeat: int) -> list[tuple]:
@@ -76,18 +79,16 @@ def bench_loss(batch: int, size: int, faces: int, repeat: int) -> list[tuple]:
                     for k in ("loss", "loc", "cls", "landm")}
         return go
 
-    rows = []
-    for name, fn in [
+    cases = [
         ("reference loop (per image)", lambda: R.reference_loss(preds, priors, targets,
                                                                 fixed=True)),
         ("ours, dense (GPU path)", lambda: MultiBoxLoss(assignment="dense")(
             preds, priors, boxes, labels, landms)),
         ("ours, windowed (CPU default)", lambda: MultiBoxLoss()(
             preds, priors, boxes, labels, landms, image_size=(size, size))),
-    ]:
-        med, best, vals = timeit(run(fn), repeat)
-        rows.append((name, med, best, vals))
-    return rows
+    ]
+    results = timeit_all([run(fn) for _, fn in cases], repeat)
+    return [(name, *res) for (name, _), res in zip(cases, results)]
 
 
 def bench_detect(h: int, w: int, repeat: int, candidates: int | None) -> list[tuple]:
@@ -111,8 +112,7 @@ def bench_detect(h: int, w: int, repeat: int, candidates: int | None) -> list[tu
     def ours():
         return detect(loc, conf, landm, priors, (h, w), cfg=DetectConfig())[0]
 
-    r_med, r_best, r_out = timeit(ref, repeat)
-    o_med, o_best, o_out = timeit(ours, repeat)
+    (r_med, r_best, r_out), (o_med, o_best, o_out) = timeit_all([ref, ours], repeat)
     # equal float32 scores (many among 30,000 random ones) may be ordered differently by the
     # two sorts; compare the kept score sets then, the boxes too when there is no tie
     same = len(r_out) == len(o_out["boxes"]) and np.allclose(

@@ -368,12 +368,12 @@ class MultiBoxLoss(nn.Module):
         by_valid = force_best_anchors(best_prior, valid, p)
         # each prior's best face where IoU >= overlap_thresh (first face on ties)
         key = torch.div(face, m, rounding_mode="floor") * p + prior
-        top = iou.new_full((bsz * p,), -1.0).scatter_reduce(0, key, iou, "amax")
+        top = iou.new_full((bsz * p,), -1.0).scatter_reduce_(0, key, iou, "amax")
         hit = (iou == top[key]) & (iou >= self.overlap_thresh)
         mm = face % m
-        by_thr = torch.full((bsz * p,), m, dtype=torch.long, device=dev).scatter_reduce(
+        by_thr = torch.full((bsz * p,), m, dtype=torch.long, device=dev).scatter_reduce_(
             0, key, torch.where(hit, mm, torch.full_like(mm, m)), "amin")
-        by_thr = torch.where(by_thr == m, -1, by_thr).reshape(bsz, p)
+        by_thr = by_thr.masked_fill_(by_thr == m, -1).reshape(bsz, p)
         matches = torch.where(by_valid >= 0, by_valid, by_thr)
         is_pos = matches.reshape(-1)[key] == mm  # one pair per positive prior
         return matches, face[is_pos], key[is_pos]
@@ -450,8 +450,8 @@ class MultiBoxLoss(nn.Module):
         loss_loc = loss_loc / n
         loss_landm = loss_landm / landm_pos.sum().clamp(min=1).to(loc.dtype)
 
-        target = pos.long()
         if self.classification == "focal":
+            target = pos.long()
             logit = (conf[..., 1] - conf[..., 0]).reshape(-1, 1)
             loss_cls = sigmoid_focal_loss(logit, target.reshape(-1), alpha=self.focal_alpha,
                                           gamma=self.focal_gamma, normalization="positive")
@@ -461,7 +461,7 @@ class MultiBoxLoss(nn.Module):
             logp = F.log_softmax(conf, dim=-1)  # (B, P, 2)
             # hard negative mining on the background cross-entropy
             samples = self.sampler(matches, -logp[..., 0].detach())
-            ce = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            ce = -logp.gather(-1, pos.long().unsqueeze(-1)).squeeze(-1)
             loss_cls = (ce * (samples != 0).to(ce.dtype)).sum() / n
 
         total = (self.loc_weight * loss_loc + self.cls_weight * loss_cls
