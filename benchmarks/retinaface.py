@@ -3,9 +3,13 @@ post-processing, ours vs a per-image Python-loop formulation like the reference'
 (tests/retinaface/reference.py, the oracle of the tests).
 
     python benchmarks/retinaface.py [--batch 32] [--size 640] [--faces 10] [--repeat 5]
+                                    [--threads 1]
 
 Prints a table of the median and best wall times and checks that the values agree. Timings are
-of this machine as it is (a shared machine gives noisy numbers: compare rows of one run).
+of this machine as it is (a shared machine gives noisy numbers: compare rows of one run; rows
+are measured round-robin). Default one intra-op thread: on a busy 2-core machine two OpenMP
+threads spin against other processes and run several times slower than one
+(``--threads 0`` keeps torch's default).
 """
 from __future__ import annotations
 
@@ -130,7 +134,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--faces", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
