@@ -74,6 +74,7 @@ class WSDANTask(Task):
         eval_crop_theta: float = 0.1,
         eval_crop_padding: float = 0.05,
         num_visualize: int = 4,
+        picture_size: int = 256,
     ):
         super().__init__()
         self.model = model
@@ -85,6 +86,7 @@ class WSDANTask(Task):
         self.eval_crop_theta = _theta(eval_crop_theta)
         self.eval_crop_padding = float(eval_crop_padding)
         self.num_visualize = int(num_visualize)
+        self.picture_size = int(picture_size)
         for split, dataset in data.items():
             found = getattr(dataset, "num_classes", None)
             if found is not None and int(found) != model.num_classes:
@@ -203,7 +205,13 @@ class WSDANTask(Task):
                 stem = f"{path.stem}_{n}"
             used.add(stem)
             picture = out_dir / f"{stem}_attention.png"
-            Image.fromarray(heatmap_overlay(denormalize(image[0]), mean_map[0])).save(picture)
+            shown = Image.fromarray(denormalize(image[0]))
+            if min(shown.size) < self.picture_size:  # small network inputs: enlarge to see
+                scale = self.picture_size / min(shown.size)
+                shown = shown.resize(
+                    (round(shown.width * scale), round(shown.height * scale)), Image.BILINEAR
+                )
+            Image.fromarray(heatmap_overlay(np.asarray(shown), mean_map[0])).save(picture)
             results.append(
                 {
                     "path": str(path),

@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from src.data.base import DataError
 from src.data.synthetic_cub import build_synthetic_cub
@@ -141,6 +142,7 @@ def test_predict_writes_top5_and_pictures(data, tmp_path):
         assert all(t["class_name"] == names[t["class_id"]] for t in top)
         picture = result["attention_picture"]
         assert picture.endswith(".png")
+        assert Image.open(picture).size == (256, 256)  # 32 px inputs enlarged
     assert len({r["attention_picture"] for r in results}) == 3  # same stem twice: two files
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     bad = tmp_path / "bad.jpg"
