@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from src.app import build_task
 from src.config import register_configs
 from src.metrics.widerface import evaluate_widerface, read_widerface_predictions
+from src.models.retinaface import prior_boxes
 from src.utils.resolvers import register_resolvers
 from tests.conftest import REPO, run_cli
 
@@ -167,3 +168,51 @@ def test_learns_synthetic_faces(data_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best"] > 0.9
+
+
+class _OracleNet(torch.nn.Module):
+    """Outputs that encode the current batch's ground truth exactly (positives of the dense
+    assignment score ~1, everything else ~0): evaluation must then find every kept face."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.batch = None
+
+    def priors(self, size, device=None, dtype=torch.float32):
+        return prior_boxes(size, device=device, dtype=dtype)
+
+    def forward(self, images):
+        from src.losses.multibox import MultiBoxLoss
+
+        b = self.batch
+        pri = self.priors(tuple(images.shape[-2:]))
+        t = MultiBoxLoss(assignment="dense").assign(pri, b["boxes"], b["labels"],
+                                                    b["landmarks"])
+        pos = t.positive.float()
+        conf = torch.stack([10 * (1 - pos), 10 * pos], -1)
+        return t.loc, conf, t.landm
+
+
+@pytest.mark.parametrize("eval_size", [None, 48])
+def test_evaluate_maps_detections_back_to_original_pixels(tmp_path, eval_size):
+    cfg = _cfg(["model=retinaface", "loss=multibox", "dataset=synthetic_faces",
+                f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path}",
+                f"dataset.eval_size={eval_size if eval_size else 'null'}",
+                "dataset.image_size=128", "dataset.num_train=1", "dataset.num_val=12"])
+    task = build_task(cfg)
+    task.model = _OracleNet()
+    batches = _batches(task, "val", 12)
+    gt = task.datasets()["val"].widerface_gt()
+    assert sum(len(k) for k in gt.keep["easy"]) > 0
+
+    def loader():
+        for b in batches:
+            task.model.batch = b
+            yield b
+
+    with torch.no_grad():
+        aps = task.evaluate(loader())
+    assert aps["ap_easy"] == pytest.approx(1.0)
+    if eval_size is None:  # at 48 px the 16 px faces shrink to 6 px: below the smallest prior
+        assert aps["ap_medium"] > 0.9
