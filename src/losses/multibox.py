@@ -415,7 +415,7 @@ class MultiBoxLoss(nn.Module):
             k = int(num_neg.max()) if num_neg.numel() else 0
             chosen = pos.clone()
             if k > 0:
-                vals, idx = torch.where(pos, float("-inf"), bg).topk(k, dim=1)
+                vals, idx = torch.where(pos, float("-inf"), bg).topk(k, dim=1, sorted=False)
                 neg = select_top_k(vals, vals > float("-inf"), num_neg)
                 chosen.scatter_(1, idx, neg | chosen.gather(1, idx))
             rows = chosen.reshape(-1).nonzero().squeeze(1)
