@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -70,10 +71,22 @@ def strip_meta(node: DictConfig) -> dict[str, Any]:
             if not (k.startswith("_") and k.endswith("_")) or k in _HYDRA_KEYS}
 
 
+def _instantiate(node: Any, group: str):
+    """hydra.utils.instantiate, but a user error raised inside a constructor (missing data,
+    missing weights file, ...) surfaces as itself rather than wrapped by Hydra."""
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (*user_error_types(), FileNotFoundError)):
+            raise UserError(f"{group}: {cause}") from cause
+        raise
+
+
 def build_task(cfg: DictConfig):
-    model = instantiate(strip_meta(cfg.model))
-    loss = instantiate(strip_meta(cfg.loss))
-    data = instantiate(strip_meta(cfg.dataset))
+    model = _instantiate(strip_meta(cfg.model), "model")
+    loss = _instantiate(strip_meta(cfg.loss), "loss")
+    data = _instantiate(strip_meta(cfg.dataset), "dataset")
     task_factory = instantiate(cfg.model._task_)
     return task_factory(model=model, loss=loss, data=data)
 
@@ -119,6 +132,10 @@ def run(cfg: DictConfig) -> float | None:
 
     check_compatibility(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.trainer.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.get("seed"))
     task = build_task(cfg)
     trainer = Trainer(task, cfg.trainer, run_dir, logger=None, seed=cfg.get("seed"),

@@ -20,6 +20,7 @@ class TrainerConfig:
     batch_size: int = 16  # per process
     eval_batch_size: Optional[int] = None  # default: batch_size
     num_workers: int = 2
+    num_threads: Optional[int] = None  # torch intra-op threads (None = torch's default)
     accelerator: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16
     grad_clip_norm: Optional[float] = None
