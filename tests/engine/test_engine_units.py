@@ -178,3 +178,44 @@ def test_seed_zero_is_a_seed():
     a = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    # one SGD step with lr 1 moves the weights by exactly the (clipped) gradient
+    data = blobs_splits(n_train=16)
+
+    def step(clip):
+        cfg = OmegaConf.structured(TrainerConfig(
+            batch_size=8, max_steps=1, num_workers=0, progress_bar=False,
+            eval_every_n_epochs=0, grad_clip_norm=clip))
+        seed_everything(0)
+        net = torch.nn.Linear(4, 3)
+        before = [p.detach().clone() for p in net.parameters()]
+        task = ToyTask(net, torch.nn.CrossEntropyLoss(), data)
+        opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 1.0})
+        Trainer(task, cfg, tmp_path / str(clip), RunLogger(tmp_path / str(clip), None), seed=0,
+                optimizer_cfg=opt).fit()
+        return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters())])
+
+    free = step(None)
+    assert free.norm() > 0.05
+    clipped = step(0.05)
+    torch.testing.assert_close(clipped.norm(), torch.tensor(0.05), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(clipped / clipped.norm(), free / free.norm(), rtol=1e-4,
+                               atol=1e-6)  # same direction
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    trainer = _trainer(tmp_path, blobs_splits(), max_epochs=2, precision="bf16")
+    seen = []
+    step = trainer.task.training_step
+
+    def spy(batch, opt):
+        out = step(batch, opt)
+        seen.append(trainer.task.model(batch["x"]).dtype)
+        return out
+
+    trainer.task.training_step = spy
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.task.parameters())
