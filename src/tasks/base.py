@@ -57,9 +57,15 @@ class Task(nn.Module):
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 
+    def __init__(self, model: nn.Module, loss: nn.Module | None, data: dict[str, Any]):
+        """Every Task is built as ``Task(model=..., loss=..., data=..., **options)`` from the
+        instantiated ``model`` / ``loss`` / ``dataset`` configs."""
+        super().__init__()
+        self.model, self.loss, self.data = model, loss, data
+
     # ---- data -----------------------------------------------------------------------
     def datasets(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.data
 
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)

@@ -91,8 +91,7 @@ class RetinaFaceTask(Task):
         predict_size: int | None = None,
         export_size: Sequence[int] = (640, 640),
     ):
-        super().__init__()
-        self.model, self.loss, self.data = model, loss, data
+        super().__init__(model, loss, data)
         variances = getattr(loss, "variances", (0.1, 0.2))
         self.detect_cfg = DetectConfig(
             confidence_threshold=float(confidence_threshold), top_k=int(top_k),
@@ -108,9 +107,6 @@ class RetinaFaceTask(Task):
         self.export_size = (int(export_size[0]), int(export_size[1]))
 
     # ---- data -----------------------------------------------------------------------
-    def datasets(self) -> dict[str, Any]:
-        return self.data
-
     def collate(self, samples: list[Any]) -> Any:
         return collate_faces(samples)
 

@@ -76,10 +76,7 @@ class WSDANTask(Task):
         num_visualize: int = 4,
         picture_size: int = 256,
     ):
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.data = data
+        super().__init__(model, loss, data)
         self.crop_theta = _theta(crop_theta)
         self.crop_padding = float(crop_padding)
         self.drop_theta = _theta(drop_theta)
@@ -98,9 +95,6 @@ class WSDANTask(Task):
         self.loss.build(model.num_classes, model.feature_dim)
 
     # ---- data -----------------------------------------------------------------------
-    def datasets(self) -> dict[str, Any]:
-        return self.data
-
     def class_names(self) -> list[str]:
         for split in ("val", "train"):
             names = getattr(self.data.get(split), "class_names", None)

@@ -59,13 +59,6 @@ class ToyTask(Task):
     monitor = "val/acc"
     monitor_mode = "max"
 
-    def __init__(self, model, loss, data):
-        super().__init__()
-        self.model, self.loss, self.data = model, loss, data
-
-    def datasets(self):
-        return self.data
-
     def training_step(self, batch, opt):
         logits = self.model(batch["x"])
         loss = self.loss(logits, batch["label"])
