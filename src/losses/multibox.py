@@ -40,9 +40,8 @@ preselection and ``select_top_k``. Same matches, losses and gradients (tests che
 faster than the reference's per-image loop at batch 32 / 640 px (``benchmarks/retinaface.py``),
 where the dense path is no faster than the loop on CPU.
 
-What could move into ``src/nn``: ``force_best_anchors`` (the SSD/RetinaFace "each ground truth
-keeps its best anchor" rule, with a validity mask) is a matcher the toolkit lacks
-(``BipartiteMatcher`` is a global greedy matching, not the reference's rule); the windowed
+The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
+``src.nn.force_best_anchors``. What could still move into ``src/nn``: the windowed
 candidate pairs + sparse maximum matching would serve any anchor-grid detector on CPU; and
 ``HardNegativeSampler`` could preselect with ``topk`` instead of a full sort.
 """
@@ -68,39 +67,18 @@ from src.nn import (
     MaximumMatcher,
     NormalizedBoxCenterEncoder,
     NormalizedLandmarkCenterEncoder,
+    force_best_anchors,
     select_top_k,
 )
 from src.nn.bbox import center_to_corner, is_padding
 from src.nn.coder import gather_matched
 from src.ops import box_iou, sigmoid_focal_loss, smooth_l1_loss, wing_loss
 
-__all__ = ["MultiBoxLoss", "MultiBoxTargets", "force_best_anchors", "window_candidates"]
+__all__ = ["MultiBoxLoss", "MultiBoxTargets", "window_candidates"]
 
 LANDMARK_LOSSES = ("smooth_l1", "wing")
 CLASSIFICATIONS = ("ce", "focal")
 ASSIGNMENTS = ("auto", "dense", "windowed")
-
-
-def force_best_anchors(best_anchor: Tensor, forcing: Tensor, num_anchors: int) -> Tensor:
-    """For every anchor, the highest-index forcing ground truth whose best anchor it is.
-
-    Args:
-        best_anchor: ``(B, M)`` index of each ground truth's best anchor.
-        forcing: ``(B, M)`` bool, the ground truths that force their best anchor.
-        num_anchors: N.
-
-    Returns:
-        ``(B, N)`` int64 ground-truth index, -1 where no forcing ground truth picked the anchor.
-        Deterministic (``scatter_reduce`` with ``amax``): the last ground truth wins, as in a
-        sequential ``for j: best_truth_idx[best_prior_idx[j]] = j`` loop.
-    """
-    b, m = best_anchor.shape
-    out = torch.full((b, num_anchors), -1, dtype=torch.long, device=best_anchor.device)
-    if m == 0:
-        return out
-    j = torch.arange(m, device=best_anchor.device).expand(b, m)
-    src = torch.where(forcing, j, torch.full_like(j, -1))
-    return out.scatter_reduce_(1, best_anchor.long(), src, reduce="amax", include_self=True)
 
 
 def window_candidates(boxes: Tensor, image_size: tuple[int, int], min_iou: float,

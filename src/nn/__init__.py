@@ -25,7 +25,13 @@ from .coder import (
     SigmoidClassEncoder,
 )
 from .feature import FeatureExpander, FeatureExtractor
-from .matcher import BipartiteMatcher, CompositeMatcher, MaximumMatcher, bipartite_matching
+from .matcher import (
+    BipartiteMatcher,
+    CompositeMatcher,
+    MaximumMatcher,
+    bipartite_matching,
+    force_best_anchors,
+)
 from .nms import box_nms
 from .predictor import ConvPredictor, FCPredictor
 from .sampler import HardNegativeSampler, NaiveSampler, OHEMSampler, QuotaSampler, select_top_k
@@ -43,6 +49,7 @@ __all__ = [
     "ConvPredictor",
     "FCPredictor",
     "FeatureExpander",
+    "force_best_anchors",
     "FeatureExtractor",
     "HardNegativeSampler",
     "MaximumMatcher",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["bipartite_matching", "BipartiteMatcher", "MaximumMatcher", "CompositeMatcher"]
+__all__ = ["bipartite_matching", "force_best_anchors", "BipartiteMatcher", "MaximumMatcher",
+           "CompositeMatcher"]
 
 
 def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: bool = False,
@@ -197,3 +198,29 @@ class CompositeMatcher(nn.Module):
         for matcher in self._matchers[1:]:
             result = torch.where(result >= 0, result, matcher(x))
         return result
+
+
+def force_best_anchors(best_anchor: torch.Tensor, forcing: torch.Tensor,
+                       num_anchors: int) -> torch.Tensor:
+    """For every anchor, the highest-index forcing ground truth whose best anchor it is (the
+    SSD / RetinaFace rule "each kept ground truth keeps its best anchor"; unlike
+    ``BipartiteMatcher``'s global greedy matching, two ground truths may pick the same anchor,
+    and the later one wins, as the reference's sequential loop does).
+
+    Args:
+        best_anchor: ``(B, M)`` index of each ground truth's best anchor.
+        forcing: ``(B, M)`` bool, the ground truths that force their best anchor.
+        num_anchors: N.
+
+    Returns:
+        ``(B, N)`` int64 ground-truth index, -1 where no forcing ground truth picked the anchor.
+        Deterministic (``scatter_reduce`` with ``amax``): the last ground truth wins, as in a
+        sequential ``for j: best_truth_idx[best_prior_idx[j]] = j`` loop.
+    """
+    b, m = best_anchor.shape
+    out = torch.full((b, num_anchors), -1, dtype=torch.long, device=best_anchor.device)
+    if m == 0:
+        return out
+    j = torch.arange(m, device=best_anchor.device).expand(b, m)
+    src = torch.where(forcing, j, torch.full_like(j, -1))
+    return out.scatter_reduce_(1, best_anchor.long(), src, reduce="amax", include_self=True)

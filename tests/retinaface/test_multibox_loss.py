@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from src.losses.multibox import MultiBoxLoss, force_best_anchors, window_candidates
+from src.losses.multibox import MultiBoxLoss, window_candidates
 from src.models.retinaface import prior_boxes
+from src.nn import force_best_anchors
 from tests.retinaface import reference as R
 
 F64 = torch.float64
