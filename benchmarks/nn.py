@@ -110,12 +110,13 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--anchors-size", type=int, default=640)
     ap.add_argument("--gts", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (0 = torch default)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--breakdown", action="store_true", help="also time each batched stage")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
