@@ -10,6 +10,29 @@ template <> __device__ __forceinline__ double cvo_tiny<double>() {
   return 2.2250738585072014e-308;
 }
 
+// IoU of the corner boxes p and q (4 values each), or their GIoU when giou is true, computed in
+// the accumulation type A. Shared by the pairwise and the aligned kernels.
+template <typename A, typename T>
+__device__ __forceinline__ A cvo_box_overlap(const T* p, const T* q, A off, bool giou) {
+  const A tiny = cvo_tiny<A>();
+  const A ax1 = to_acc(p[0]), ay1 = to_acc(p[1]), ax2 = to_acc(p[2]), ay2 = to_acc(p[3]);
+  const A bx1 = to_acc(q[0]), by1 = to_acc(q[1]), bx2 = to_acc(q[2]), by2 = to_acc(q[3]);
+  const A area_a = cvo_max(ax2 - ax1 + off, A(0)) * cvo_max(ay2 - ay1 + off, A(0));
+  const A area_b = cvo_max(bx2 - bx1 + off, A(0)) * cvo_max(by2 - by1 + off, A(0));
+  const A iw = cvo_max(cvo_min(ax2, bx2) - cvo_max(ax1, bx1) + off, A(0));
+  const A ih = cvo_max(cvo_min(ay2, by2) - cvo_max(ay1, by1) + off, A(0));
+  const A inter = iw * ih;
+  const A uni = area_a + area_b - inter;
+  A v = inter / cvo_max(uni, tiny);
+  if (giou) {
+    const A cw = cvo_max(cvo_max(ax2, bx2) - cvo_min(ax1, bx1) + off, A(0));
+    const A ch = cvo_max(cvo_max(ay2, by2) - cvo_min(ay1, by1) + off, A(0));
+    const A area_c = cw * ch;
+    v = v - (area_c - uni) / cvo_max(area_c, tiny);
+  }
+  return v;
+}
+
 // Pairwise IoU (giou == 0) or GIoU (giou != 0): boxes1 (batch, n, 4), boxes2 (batch, m, 4),
 // out (batch, n, m).
 template <typename T>
@@ -18,30 +41,13 @@ __global__ void box_iou_pairwise(const T* __restrict__ boxes1, const T* __restri
                                  T* __restrict__ out) {
   typedef typename acc_type<T>::type A;
   const A off = A(offset);
-  const A tiny = cvo_tiny<A>();
   CVO_KERNEL_LOOP(k, batch * n * m) {
     const i64 b = k / (n * m);
     const i64 r = k - b * n * m;
     const i64 i = r / m;
     const i64 j = r - i * m;
-    const T* p = boxes1 + (b * n + i) * 4;
-    const T* q = boxes2 + (b * m + j) * 4;
-    const A ax1 = to_acc(p[0]), ay1 = to_acc(p[1]), ax2 = to_acc(p[2]), ay2 = to_acc(p[3]);
-    const A bx1 = to_acc(q[0]), by1 = to_acc(q[1]), bx2 = to_acc(q[2]), by2 = to_acc(q[3]);
-    const A area_a = cvo_max(ax2 - ax1 + off, A(0)) * cvo_max(ay2 - ay1 + off, A(0));
-    const A area_b = cvo_max(bx2 - bx1 + off, A(0)) * cvo_max(by2 - by1 + off, A(0));
-    const A iw = cvo_max(cvo_min(ax2, bx2) - cvo_max(ax1, bx1) + off, A(0));
-    const A ih = cvo_max(cvo_min(ay2, by2) - cvo_max(ay1, by1) + off, A(0));
-    const A inter = iw * ih;
-    const A uni = area_a + area_b - inter;
-    A v = inter / cvo_max(uni, tiny);
-    if (giou) {
-      const A cw = cvo_max(cvo_max(ax2, bx2) - cvo_min(ax1, bx1) + off, A(0));
-      const A ch = cvo_max(cvo_max(ay2, by2) - cvo_min(ay1, by1) + off, A(0));
-      const A area_c = cw * ch;
-      v = v - (area_c - uni) / cvo_max(area_c, tiny);
-    }
-    out[k] = from_acc<T>(v);
+    out[k] = from_acc<T>(
+        cvo_box_overlap<A>(boxes1 + (b * n + i) * 4, boxes2 + (b * m + j) * 4, off, giou != 0));
   }
 }
 
@@ -51,23 +57,8 @@ __global__ void giou_loss_fwd(const T* __restrict__ boxes1, const T* __restrict_
                               double offset, T* __restrict__ out) {
   typedef typename acc_type<T>::type A;
   const A off = A(offset);
-  const A tiny = cvo_tiny<A>();
   CVO_KERNEL_LOOP(k, n) {
-    const T* p = boxes1 + k * 4;
-    const T* q = boxes2 + k * 4;
-    const A ax1 = to_acc(p[0]), ay1 = to_acc(p[1]), ax2 = to_acc(p[2]), ay2 = to_acc(p[3]);
-    const A bx1 = to_acc(q[0]), by1 = to_acc(q[1]), bx2 = to_acc(q[2]), by2 = to_acc(q[3]);
-    const A area_a = cvo_max(ax2 - ax1 + off, A(0)) * cvo_max(ay2 - ay1 + off, A(0));
-    const A area_b = cvo_max(bx2 - bx1 + off, A(0)) * cvo_max(by2 - by1 + off, A(0));
-    const A iw = cvo_max(cvo_min(ax2, bx2) - cvo_max(ax1, bx1) + off, A(0));
-    const A ih = cvo_max(cvo_min(ay2, by2) - cvo_max(ay1, by1) + off, A(0));
-    const A inter = iw * ih;
-    const A uni = area_a + area_b - inter;
-    const A iou = inter / cvo_max(uni, tiny);
-    const A cw = cvo_max(cvo_max(ax2, bx2) - cvo_min(ax1, bx1) + off, A(0));
-    const A ch = cvo_max(cvo_max(ay2, by2) - cvo_min(ay1, by1) + off, A(0));
-    const A area_c = cw * ch;
-    out[k] = from_acc<T>(A(1) - (iou - (area_c - uni) / cvo_max(area_c, tiny)));
+    out[k] = from_acc<T>(A(1) - cvo_box_overlap<A>(boxes1 + k * 4, boxes2 + k * 4, off, true));
   }
 }
 
