@@ -60,7 +60,20 @@ def is_padding(boxes: torch.Tensor, axis: int = -1) -> torch.Tensor:
     return (boxes == -1).all(dim=axis)
 
 
-class BBoxCornerToCenter(nn.Module):
+class _BBoxConvert(nn.Module):
+    convert = staticmethod(corner_to_center)
+
+    def __init__(self, axis: int = -1, split: bool = False):
+        super().__init__()
+        self._axis = axis
+        self._split = split
+
+    def forward(self, x: torch.Tensor):
+        out = self.convert(x, self._axis)
+        return tuple(torch.split(out, 1, dim=self._axis)) if self._split else out
+
+
+class BBoxCornerToCenter(_BBoxConvert):
     """Convert corner boxes to center boxes.
 
     Args:
@@ -68,17 +81,10 @@ class BBoxCornerToCenter(nn.Module):
         split: return 4 tensors (each with size 1 on ``axis``) instead of one.
     """
 
-    def __init__(self, axis: int = -1, split: bool = False):
-        super().__init__()
-        self._axis = axis
-        self._split = split
-
-    def forward(self, x: torch.Tensor):
-        out = corner_to_center(x, self._axis)
-        return tuple(torch.split(out, 1, dim=self._axis)) if self._split else out
+    convert = staticmethod(corner_to_center)
 
 
-class BBoxCenterToCorner(nn.Module):
+class BBoxCenterToCorner(_BBoxConvert):
     """Convert center boxes to corner boxes.
 
     Args:
@@ -86,14 +92,7 @@ class BBoxCenterToCorner(nn.Module):
         split: return 4 tensors (each with size 1 on ``axis``) instead of one.
     """
 
-    def __init__(self, axis: int = -1, split: bool = False):
-        super().__init__()
-        self._axis = axis
-        self._split = split
-
-    def forward(self, x: torch.Tensor):
-        out = center_to_corner(x, self._axis)
-        return tuple(torch.split(out, 1, dim=self._axis)) if self._split else out
+    convert = staticmethod(center_to_corner)
 
 
 class BBoxSplit(nn.Module):
