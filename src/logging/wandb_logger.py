@@ -62,8 +62,8 @@ class WandbLogger:
 
         art = wandb.Artifact(name, type="model")
         for p in paths:
-            if p.exists():
-                art.add_file(str(p))
+            if p.exists():  # final files: no staging copy of possibly large checkpoints
+                art.add_file(str(p), policy="immutable")
         self.run.log_artifact(art)
 
     def finish(self, exit_code: int = 0) -> None:

@@ -94,3 +94,14 @@ def test_ddp_two_gloo_processes_share_one_run_dir(tmp_path):
     assert not any(".module." in k for k in ckpt["task"])  # saved unwrapped
     steps = [rec["step"] for rec in read_metrics(run) if "train/loss" in rec]
     assert steps == sorted(set(steps))  # only rank 0 logged
+
+
+def test_checkpoint_artifact_is_recorded_in_the_offline_run(tmp_path):
+    run = tmp_path / "art"
+    r = run_cli(*TOY, "logger=wandb", "logger.mode=offline", "logger.log_checkpoint=true",
+                "trainer.max_steps=2", "trainer.batch_size=8", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (records,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    data = records.read_bytes()
+    assert f"checkpoints-{run.name}".encode() in data  # the artifact's name
+    assert b"last.ckpt" in data and b"best.ckpt" in data
