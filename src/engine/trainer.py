@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as D
-from .checkpoint import load, save_atomic, task_weights
+from .checkpoint import CheckpointError, load, save_atomic, task_weights
 from .data import DeviceLoader, batch_size_of, make_loader, to_device
 from .optim import Optimization, build_optimizers, build_schedulers
 from .seed import rng_state, set_rng_state
@@ -118,7 +118,20 @@ class Trainer:
                  self.batch_in_epoch, self.global_step)
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        self.task.load_state_dict(task_weights(load(path)))
+        """Weights for eval/predict/export. Model keys must match exactly; loss state (e.g.
+        WS-DAN's class centers) may differ, since evaluation can use another loss config."""
+        state = task_weights(load(path))
+        try:
+            missing, unexpected = self.task.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"{path} does not fit this model: "
+                                  f"{str(e).splitlines()[-1].strip()}") from e
+        bad = [k for k in [*missing, *unexpected] if not k.startswith("loss.")]
+        if bad:
+            raise CheckpointError(
+                f"{path} does not fit this model: {len(missing)} missing and {len(unexpected)} "
+                f"unexpected keys (e.g. {', '.join(bad[:3])}); was it trained with another "
+                "model= or model options?")
 
     # ---- loaders -------------------------------------------------------------------
     def _loader(self, split: str, train: bool):

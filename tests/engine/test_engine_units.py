@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.config.schema import TrainerConfig
-from src.engine.checkpoint import load, save_atomic
+from src.engine.checkpoint import CheckpointError, load, save_atomic
 from src.engine.data import ResumableSampler
 from src.engine.optim import NonFiniteLossError
 from src.engine.seed import sample_rng, seed_everything
@@ -219,3 +219,22 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     summary = trainer.fit()
     assert summary["status"] == "completed" and seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in trainer.task.parameters())
+
+
+def test_load_weights_names_the_file_when_it_does_not_fit(tmp_path):
+    trainer = _trainer(tmp_path, blobs_splits(), max_epochs=1)
+    state = {f"model.{k}": v for k, v in ToyNet(hidden=8).state_dict().items()}
+    wrong_shape = tmp_path / "narrow.ckpt"
+    save_atomic({"task": state}, wrong_shape)
+    with pytest.raises(CheckpointError, match="narrow.ckpt does not fit this model"):
+        trainer.load_weights(wrong_shape)
+    other = tmp_path / "other.ckpt"
+    save_atomic({"task": {"model.head.weight": torch.zeros(1)}}, other)
+    with pytest.raises(CheckpointError, match="other.ckpt does not fit.*unexpected"):
+        trainer.load_weights(other)
+    # loss state may differ (e.g. WS-DAN centers trained with loss=center, evaluated with ce)
+    good = {f"model.{k}": v for k, v in trainer.task.model.state_dict().items()}
+    good["loss.center.centers"] = torch.zeros(3, 4)
+    ok = tmp_path / "ok.ckpt"
+    save_atomic({"task": good}, ok)
+    trainer.load_weights(ok)
