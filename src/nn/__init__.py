@@ -35,6 +35,7 @@ from .matcher import (
 from .nms import box_nms
 from .predictor import ConvPredictor, FCPredictor
 from .sampler import HardNegativeSampler, NaiveSampler, OHEMSampler, QuotaSampler, select_top_k
+from .sparse import SparseIOU
 
 __all__ = [
     "BBoxArea",
@@ -65,6 +66,7 @@ __all__ = [
     "OHEMSampler",
     "QuotaSampler",
     "SigmoidClassEncoder",
+    "SparseIOU",
     "bipartite_matching",
     "box_nms",
     "select_top_k",

@@ -2,14 +2,21 @@
 
 Every matcher takes a score matrix ``x`` of shape ``(..., N, M)`` (usually IoU of N anchors
 against M ground truths, batched as ``(B, N, M)``) and returns ``(..., N)`` int64 indices into M,
-``-1`` for unmatched. Padding ground truths should carry an IoU of -1 (``BBoxBatchIOU`` does this)
-so that they are never matched. There is no Python loop over images; the greedy bipartite matcher
-loops ``min(N, M)`` times over the whole batch at once.
+``-1`` for unmatched. A ``SparseIOU`` (the rows that can matter, see ``src.nn.sparse``) works in
+place of a dense ``(B, N, M)`` IoU and gives the same result; a matcher whose thresholds it
+cannot serve exactly raises a ``ValueError`` saying which floor to build it with. Padding
+ground truths should carry an IoU of -1 (``BBoxBatchIOU`` does this) so that they are never
+matched. There is no Python loop over images; the greedy bipartite matcher loops ``min(N, M)``
+times over the whole batch at once.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from .sparse import SparseIOU
 
 __all__ = ["bipartite_matching", "force_best_anchors", "BipartiteMatcher", "MaximumMatcher",
            "CompositeMatcher"]
@@ -33,8 +40,14 @@ def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: boo
         ``(row_match, col_match)``: ``(..., N)`` column index per row and ``(..., M)`` row index
         per column, int64, -1 where unmatched.
     """
+    if isinstance(x, SparseIOU):
+        x.check_bipartite("bipartite_matching", threshold, is_ascend, 0.0)
+        row, col = bipartite_matching(x.iou, threshold, is_ascend, prune)
+        if x.rows.shape[1]:  # compact row ids -> anchor ids
+            col = torch.where(col >= 0, x.rows.gather(1, col.clamp(min=0)), col)
+        return x.expand(row, -1), col
     *lead, n, m = x.shape
-    work = x.reshape(-1, n, m)
+    work = x.reshape(math.prod(lead), n, m)
     if is_ascend:  # smallest-first below threshold == largest-first of the negation above -thr
         work, threshold = -work, -threshold
     bsz = work.shape[0]
@@ -147,7 +160,13 @@ class BipartiteMatcher(nn.Module):
         self._eps = eps
         self._share_max = share_max
 
+    def _check_sparse(self, x: SparseIOU) -> None:
+        x.check_bipartite(type(self).__name__, self._threshold, self._is_ascend, self._eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, SparseIOU):
+            self._check_sparse(x)
+            return x.expand(self.forward(x.iou), -1)
         match, _ = bipartite_matching(x, self._threshold, self._is_ascend)
         if x.shape[-1] == 0 or x.shape[-2] == 0:
             return match
@@ -173,7 +192,13 @@ class MaximumMatcher(nn.Module):
         super().__init__()
         self._threshold = threshold
 
+    def _check_sparse(self, x: SparseIOU) -> None:
+        x.check_threshold(type(self).__name__, "threshold", self._threshold)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, SparseIOU):
+            self._check_sparse(x)
+            return x.expand(self.forward(x.iou), -1)
         if x.shape[-1] == 0:
             return torch.full(x.shape[:-1], -1, dtype=torch.long, device=x.device)
         best, argmax = x.max(dim=-1)
@@ -193,7 +218,18 @@ class CompositeMatcher(nn.Module):
                 raise TypeError(f"matchers must be nn.Modules, got {type(m).__name__}")
         self._matchers = nn.ModuleList(matchers)
 
+    def _check_sparse(self, x: SparseIOU) -> None:
+        for matcher in self._matchers:
+            check = getattr(matcher, "_check_sparse", None)
+            if check is None:
+                raise TypeError(f"CompositeMatcher: {type(matcher).__name__} does not take a "
+                                "SparseIOU")
+            check(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, SparseIOU):  # run on the kept rows, expand once
+            self._check_sparse(x)
+            return x.expand(self.forward(x.iou), -1)
         result = self._matchers[0](x)
         for matcher in self._matchers[1:]:
             result = torch.where(result >= 0, result, matcher(x))

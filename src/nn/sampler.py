@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from .sparse import SparseIOU
+
 __all__ = [
     "NaiveSampler",
     "OHEMSampler",
@@ -85,7 +87,13 @@ def _out(matches: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.T
     return out.masked_fill(pos, 1.0)
 
 
-def _max_iou(ious: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _max_iou(ious, like: torch.Tensor, owner: str = "", **thresholds) -> torch.Tensor:
+    """Each anchor's best IoU from ``(B, N, M)`` IoU, ``(B, N)`` maxima or a ``SparseIOU``
+    (whose ``thresholds`` are checked to compare exactly)."""
+    if isinstance(ious, SparseIOU):
+        for name, value in thresholds.items():
+            ious.check_threshold(owner, name, value)
+        return ious.max()
     if ious.dim() == like.dim() + 1:
         if ious.shape[-1] == 0:  # no ground truth at all
             return torch.full(like.shape, -1.0, dtype=ious.dtype, device=ious.device)
@@ -114,7 +122,7 @@ class OHEMSampler(nn.Module):
     below ``thresh`` with the largest background cross-entropy ``-log softmax(logits)[..., 0]``.
 
     ``forward(x, logits, ious)``: matches ``(B, N)``, logits ``(B, N, C)`` (class 0 =
-    background), ious ``(B, N, M)`` or ``(B, N)``.
+    background), ious ``(B, N, M)``, ``(B, N)`` or a ``SparseIOU``.
 
     Deviation from GluonCV: when fewer unmatched anchors pass ``thresh`` than ``num_neg``,
     GluonCV filled the rest with masked anchors, even overwriting positives with -1; here only
@@ -136,7 +144,8 @@ class OHEMSampler(nn.Module):
             num_neg = _ratio_count(num_pos, self._ratio).clamp(min=self._min_samples)
             num_neg = torch.minimum(num_neg, x.shape[-1] - num_pos)
             score = -torch.log_softmax(logits.detach(), dim=-1)[..., 0]
-            eligible = ~pos & (_max_iou(ious.detach(), x) < self._thresh)
+            best = _max_iou(ious, x, "OHEMSampler", thresh=self._thresh)
+            eligible = ~pos & (best < self._thresh)
             neg = select_top_k(score, eligible, num_neg)
         return _out(x, pos, neg)
 
@@ -181,7 +190,8 @@ class QuotaSampler(nn.Module):
     an image grows to ``num_sample - kept positives`` when positives are scarce. Dropped samples
     become 0 (ignore).
 
-    ``forward(matches, ious)``: matches ``(B, N)``, ious ``(B, N, M)`` (or ``(B, N)`` maxima).
+    ``forward(matches, ious)``: matches ``(B, N)``, ious ``(B, N, M)``, ``(B, N)`` maxima or a
+    ``SparseIOU``.
 
     Deviations from GluonCV: ``neg_ratio`` given explicitly works (GluonCV raised
     AttributeError); the filled negative quota is computed per image (GluonCV carried one image's
@@ -208,7 +218,9 @@ class QuotaSampler(nn.Module):
 
     def forward(self, matches, ious):
         with torch.no_grad():
-            ious_max = _max_iou(ious, matches)
+            ious_max = _max_iou(ious, matches, "QuotaSampler", pos_thresh=self._pos_thresh,
+                                neg_thresh_high=self._neg_thresh_high,
+                                neg_thresh_low=self._neg_thresh_low)
             pos = (matches >= 0) | (ious_max >= self._pos_thresh)
             neg = ~pos & (ious_max < self._neg_thresh_high) & (ious_max >= self._neg_thresh_low)
             max_pos = int(round(self._pos_ratio * self._num_sample))

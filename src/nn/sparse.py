@@ -1,0 +1,208 @@
+"""Anchor x ground-truth IoU kept only for the anchors that can matter (``SparseIOU``).
+
+A batch of 32 images with 16,800 anchors and 10 ground truths has 5.4 M IoU pairs, of which a
+few thousand decide anything: most anchors are far from every box. ``SparseIOU`` keeps, per
+image, the rows (anchors) that some matcher or sampler can act on, with their **exact** IoU
+against **all** ground truths of the image (a compact ``(B, R, M)`` matrix, rows in ascending
+anchor order), and guarantees for the rows it leaves out:
+
+* every pair with IoU ``>= floor`` is kept (so an absent row's best IoU is below ``floor``);
+* each ground truth's ``k`` best anchors with IoU > 0 are kept, ties at the ``k``-th value
+  included, as are anchors within ``eps`` of its best IoU (``k = min(N, M)`` by default).
+
+That is what makes the toolkit's matchers and samplers exact on it (they accept a ``SparseIOU``
+wherever they accept a dense ``(B, N, M)`` IoU and return the same ``(B, N)`` result):
+
+* ``MaximumMatcher(t)`` with ``t >= floor``: an absent row has no IoU ``>= t``.
+* ``BipartiteMatcher`` (descending, threshold >= 0): the greedy pair chosen for a column is
+  always among that column's ``min(N, M)`` best rows (see ``matcher._candidate_rows``), so the
+  greedy run on the kept rows picks the same pairs in the same order (ties included: rows stay
+  in ascending order). Its sharing step reads whole rows (exact here) and each column's best
+  (kept), and an absent row never ties a column's best within ``eps``.
+* samplers compare each anchor's best IoU with thresholds; an absent row reports 0 (-1 in an
+  image without ground truths), which compares exactly like its true best for any threshold
+  ``>= floor`` or ``<= 0``. Thresholds in between raise a ``ValueError``.
+
+Candidate pairs come from anywhere that never misses a pair with IoU ``>= floor - eps``:
+``AnchorGrid.candidates`` (a window of grid cells per box), or every pair. Ground truths with
+fewer than ``k`` candidates at ``floor`` (tiny boxes) get their IoU against all anchors computed
+densely, which keeps the ``k``-best guarantee whatever the boxes.
+
+The point is speed on CPU (``benchmarks/nn.py``): building it needs host reads of a few sizes,
+which are free on CPU; on CUDA the dense path has no host synchronisation and is fast anyway.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from src.ops import box_iou
+
+from .bbox import PAD_IOU, is_padding
+
+__all__ = ["SparseIOU"]
+
+
+@dataclass
+class SparseIOU:
+    """IoU of the rows that matter; see the module docstring for the guarantees.
+
+    Attributes:
+        rows: ``(B, R)`` int64 anchor indices, ascending per image; unused slots hold ``N``.
+        iou: ``(B, R, M)`` exact IoU of those anchors with every ground truth (``PAD_IOU`` for
+            padding ground truths, ``-inf`` in unused slots).
+        num_anchors: N.
+        floor: every pair with IoU ``>= floor`` is kept.
+        k: every ground truth's ``k`` best anchors with IoU > 0 are kept (ties included).
+        eps: anchors within ``eps`` of a ground truth's best IoU are kept.
+        has_gt: ``(B,)`` bool, the image has at least one real ground truth.
+    """
+
+    rows: torch.Tensor
+    iou: torch.Tensor
+    num_anchors: int
+    floor: float
+    k: int
+    eps: float
+    has_gt: torch.Tensor
+
+    # ---- shape ------------------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        """The dense shape ``(B, N, M)`` this stands for."""
+        b, _, m = self.iou.shape
+        return torch.Size((b, self.num_anchors, m))
+
+    @property
+    def device(self) -> torch.device:
+        return self.iou.device
+
+    def dim(self) -> int:
+        return 3
+
+    # ---- back to anchors ----------------------------------------------------------------
+    def expand(self, values: torch.Tensor, fill) -> torch.Tensor:
+        """Scatter per-row ``values`` ``(B, R, ...)`` to ``(B, N, ...)``; absent rows get
+        ``fill``."""
+        b, r = self.rows.shape
+        trailing = values.shape[2:]
+        out = values.new_full((b, self.num_anchors + 1, *trailing), fill)
+        idx = self.rows.reshape(b, r, *([1] * len(trailing))).expand(b, r, *trailing)
+        out.scatter_(1, idx, values)
+        return out[:, :self.num_anchors]
+
+    def max(self) -> torch.Tensor:
+        """``(B, N)`` best IoU of each anchor: exact for kept rows; absent rows report 0 (-1
+        when the image has no ground truth), which compares with any threshold ``>= floor``
+        or ``<= 0`` as the true value does (see ``check_threshold``)."""
+        b, r, m = self.iou.shape
+        fill = torch.where(self.has_gt, 0.0, PAD_IOU).to(self.iou.dtype)[:, None]  # (B, 1)
+        if m == 0 or r == 0:
+            return fill.expand(b, self.num_anchors).clone()
+        best = self.iou.max(dim=-1).values
+        out = self.expand(best, 0.0)
+        kept = self.expand(torch.ones_like(best, dtype=torch.bool), False)
+        return torch.where(kept, out, fill)
+
+    # ---- validity of consumers ------------------------------------------------------------
+    def check_threshold(self, owner: str, name: str, value: float) -> None:
+        """Raise unless comparisons with ``value`` are exact for absent rows."""
+        if value <= 0 or value >= self.floor or math.isnan(value):
+            return
+        raise ValueError(f"{owner}: {name}={value} lies in (0, floor={self.floor}) of the "
+                         f"SparseIOU; build it with floor <= {value}")
+
+    def check_bipartite(self, owner: str, threshold: float, is_ascend: bool,
+                        eps: float) -> None:
+        """Raise unless a greedy bipartite matching on the kept rows is exact."""
+        if is_ascend:
+            raise ValueError(f"{owner}: is_ascend=True needs the dense score matrix")
+        if threshold < 0:
+            raise ValueError(f"{owner}: threshold={threshold} < 0 needs the dense IoU "
+                             "(pairs with IoU 0 are not kept)")
+        b, _, m = self.iou.shape
+        if self.k < min(self.num_anchors, m):
+            raise ValueError(f"{owner}: the SparseIOU keeps k={self.k} best anchors per "
+                             f"ground truth, bipartite matching needs {min(self.num_anchors, m)}")
+        if eps > self.eps:
+            raise ValueError(f"{owner}: eps={eps} exceeds the SparseIOU's eps={self.eps}")
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def from_pairs(cls, anchors: torch.Tensor, boxes: torch.Tensor, gt: torch.Tensor,
+                   anchor: torch.Tensor, floor: float, k: int | None = None,
+                   eps: float = 1e-12, offset: float = 0) -> SparseIOU:
+        """Build from candidate pairs.
+
+        Args:
+            anchors: ``(N, 4)`` corner anchors (shared by the batch).
+            boxes: ``(B, M, 4)`` corner ground truths, padding rows all -1.
+            gt, anchor: int64 ``(K,)`` candidate pairs; ``gt`` indexes ``boxes.reshape(-1, 4)``.
+                They must include every pair with IoU ``>= floor - eps`` (extra pairs are
+                fine; ``AnchorGrid.candidates``' relative margin covers the default ``eps``).
+            floor: in ``(0, 1]``.
+            k: best anchors kept per ground truth (default ``min(N, M)``).
+            eps: keep anchors within ``eps`` of a ground truth's best IoU (the sharing
+                tolerance of ``BipartiteMatcher``).
+            offset: 1 for legacy ``x2 - x1 + 1`` widths.
+        """
+        if not 0 < floor <= 1:
+            raise ValueError(f"SparseIOU: floor must be in (0, 1], got {floor}")
+        if anchors.dim() != 2 or boxes.dim() != 3:
+            raise ValueError(f"SparseIOU: anchors (N, 4) and boxes (B, M, 4) expected, got "
+                             f"{tuple(anchors.shape)} and {tuple(boxes.shape)}")
+        bsz, m = boxes.shape[:2]
+        n = anchors.shape[0]
+        dev = boxes.device
+        kk = min(n, m) if k is None else min(int(k), n)
+        dtype = torch.promote_types(anchors.dtype, boxes.dtype)
+        anchors, boxes = anchors.to(dtype), boxes.to(dtype)
+        flat = boxes.reshape(-1, 4)
+        real = ~is_padding(flat)
+        gt, anchor = gt.long(), anchor.long()
+
+        # candidate IoU (the same elementwise formula as the dense matrix: identical values)
+        iou = box_iou(anchors[anchor][:, None, :], flat[gt][:, None, :], offset)[:, 0, 0]
+        best = iou.new_full((flat.shape[0],), PAD_IOU).scatter_reduce(0, gt, iou, "amax")
+        keep = ((iou >= floor) | (iou + eps >= best[gt])) & (iou > 0) & real[gt]
+        count = torch.bincount(gt[keep & (iou >= floor)], minlength=flat.shape[0])
+        short = (real & (count < kk)).nonzero().squeeze(1)
+        gts, anchs = [gt[keep]], [anchor[keep]]
+        if short.numel() and kk > 0:  # tiny boxes: their k best anchors from a dense column
+            col = box_iou(anchors, flat[short], offset)  # (N, S)
+            kth = col.topk(kk, dim=0).values[-1]  # (S,)
+            top = col.max(dim=0).values
+            sel = ((col >= kth) | (col + eps >= top)) & (col > 0)
+            a_idx, s_idx = sel.nonzero(as_tuple=True)
+            gts.append(short[s_idx])
+            anchs.append(a_idx)
+        gt_all, anchor_all = torch.cat(gts), torch.cat(anchs)
+
+        # one row per (image, anchor), ascending
+        key = torch.unique(torch.div(gt_all, max(m, 1), rounding_mode="floor") * n + anchor_all)
+        img = torch.div(key, n, rounding_mode="floor")
+        per_image = torch.bincount(img, minlength=bsz)
+        r = int(per_image.max()) if key.numel() else 0
+        starts = torch.cumsum(per_image, 0) - per_image
+        slot = torch.arange(key.numel(), device=dev) - starts[img]
+        rows = torch.full((bsz, r), n, dtype=torch.long, device=dev)
+        rows[img, slot] = key - img * n
+
+        # exact IoU of the kept rows with every ground truth of their image
+        used = rows < n
+        sub = box_iou(anchors[rows.clamp(max=max(n - 1, 0))], boxes, offset)  # (B, R, M)
+        sub = sub.masked_fill_(is_padding(boxes)[:, None, :], PAD_IOU)
+        sub = sub.masked_fill_(~used[..., None], float("-inf"))
+        has_gt = real.reshape(bsz, m).any(dim=1)
+        return cls(rows, sub, n, float(floor), kk, float(eps), has_gt)
+
+    @classmethod
+    def dense_pairs(cls, n: int, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (ground truth, anchor) pair: a candidate source that needs no structure."""
+        nf = boxes.reshape(-1, 4).shape[0]
+        gt = torch.arange(nf, device=boxes.device).repeat_interleave(n)
+        anchor = torch.arange(n, device=boxes.device).repeat(nf)
+        return gt, anchor
