@@ -33,17 +33,18 @@ which for two classes is the softmax focal loss, over all priors, normalised by 
 
 Two exact implementations of steps 1-3 and 6 (``assignment``): ``dense`` as above, with no host
 synchronisation (the GPU path); ``windowed`` (``auto`` on CPU) computes the IoU (``box_iou``)
-only of the (face, prior) pairs that can reach IoU 0.2 (``window_candidates``: a few dozen grid
-cells per face instead of all 16,800 priors at 640 px), takes the maxima with ``scatter_reduce``,
-regresses boxes and landmarks of the positives only, and mines negatives with a ``topk``
-preselection and ``select_top_k``. Same matches, losses and gradients (tests check it); about 8x
-faster than the reference's per-image loop at batch 32 / 640 px (``benchmarks/retinaface.py``),
-where the dense path is no faster than the loop on CPU.
+only of the (face, prior) pairs that can reach IoU 0.2 (``AnchorGrid.candidates`` of
+``src.nn.anchor``: a few dozen priors per face instead of all 16,800 at 640 px), takes the
+maxima with ``scatter_reduce``, regresses boxes and landmarks of the positives only, and mines
+negatives with a ``topk`` preselection and ``select_top_k``. Same matches, losses and gradients
+(tests check it); about 8x faster than the reference's per-image loop at batch 32 / 640 px
+(``benchmarks/retinaface.py``), where the dense path is no faster than the loop on CPU.
 
 The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
-``src.nn.force_best_anchors``. What could still move into ``src/nn``: the windowed
-candidate pairs + sparse maximum matching would serve any anchor-grid detector on CPU; and
-``HardNegativeSampler`` could preselect with ``topk`` instead of a full sort.
+``src.nn.force_best_anchors``; the candidate pairs are ``src.nn.anchor.AnchorGrid.candidates``
+(any anchor-grid detector). What could still move into ``src/nn``: the sparse maximum matching
+over candidate pairs; and ``HardNegativeSampler`` could preselect with ``topk`` instead of a
+full sort.
 """
 from __future__ import annotations
 
@@ -54,13 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.models.retinaface.priors import (
-    MIN_SIZES,
-    STEPS,
-    feature_map_sizes,
-    num_priors,
-    prior_boxes,
-)
+from src.models.retinaface.priors import MIN_SIZES, STEPS, anchor_grid, num_priors, prior_boxes
 from src.nn import (
     BBoxBatchIOU,
     HardNegativeSampler,
@@ -74,96 +69,11 @@ from src.nn.bbox import center_to_corner, is_padding
 from src.nn.coder import gather_matched
 from src.ops import box_iou, sigmoid_focal_loss, smooth_l1_loss, wing_loss
 
-__all__ = ["MultiBoxLoss", "MultiBoxTargets", "window_candidates"]
+__all__ = ["MultiBoxLoss", "MultiBoxTargets"]
 
 LANDMARK_LOSSES = ("smooth_l1", "wing")
 CLASSIFICATIONS = ("ce", "focal")
 ASSIGNMENTS = ("auto", "dense", "windowed")
-
-
-def window_candidates(boxes: Tensor, image_size: tuple[int, int], min_iou: float,
-                      min_sizes: Sequence[Sequence[int]] = MIN_SIZES,
-                      steps: Sequence[int] = STEPS) -> tuple[Tensor, Tensor]:
-    """Every (face, prior) pair that can have IoU >= ``min_iou``, as flat index pairs.
-
-    Priors are the grid of ``priors.prior_boxes`` (level -> row -> column -> size). IoU >= t
-    means ``inter >= t * (area_p + area_g) / (1 + t)``, and ``inter = ix * iy`` with ``iy <=
-    min(h_p, h_g)``, so the x-overlap needs ``ix >= d = t (area_p + area_g) / ((1 + t)
-    min(h_p, h_g))`` (impossible when ``min(w_p, w_g) < d``), i.e. the prior centre lies in
-    ``[g_x1 + d - w_p / 2, g_x2 - d + w_p / 2]``; the same for y. That is a window of grid cells
-    per face, level and size (a union over the sizes of a level; bounds taken with a relative
-    margin of 1e-4 on t for the float32 IoU that decides afterwards). Extra pairs are harmless
-    (their IoU is computed exactly afterwards); no pair reaching ``min_iou`` is missed.
-
-    Args:
-        boxes: ``(B, M, 4)`` normalised corners, padding rows -1 (they get no pair).
-
-    Returns:
-        ``(face, prior)``: int64 ``(N,)`` each; ``face`` indexes ``boxes.reshape(-1, 4)``,
-        ``prior`` the P priors; face-major, ascending prior index within a face.
-    """
-    h, w = int(image_size[0]), int(image_size[1])
-    g = boxes.reshape(-1, 4).detach().to(torch.float64)
-    dev = g.device
-    nf = g.shape[0]
-    real = ~is_padding(g)
-    gw, gh = (g[:, 2] - g[:, 0])[:, None], (g[:, 3] - g[:, 1])[:, None]
-    t = float(min_iou) * (1 - 1e-4)  # margin for the float32 IoU that decides afterwards
-    eps = 1e-6
-    levels = feature_map_sizes((h, w), steps)
-    num_a = len(min_sizes[0])
-    base, lo_i, lo_j, n_i, n_j, fws, bases = 0, [], [], [], [], [], []
-    for (fh, fw), step, sizes in zip(levels, steps, min_sizes):
-        s_px = torch.tensor(sizes, dtype=torch.float64, device=dev)[None, :]  # (1, A)
-        pw, ph = s_px / w, s_px / h
-        # IoU >= t  <=>  inter >= t (A_p + A_g) / (1 + t), and inter <= ix * min(h_p, h_g)
-        need = t * (pw * ph + gw * gh) / (1 + t)  # (F, A)
-        dx = need / torch.minimum(ph, gh)
-        dy = need / torch.minimum(pw, gw)
-        feasible = ((torch.minimum(pw, gw) >= dx) & (torch.minimum(ph, gh) >= dy)
-                    & real[:, None])
-        j0 = torch.ceil((g[:, 0:1] + dx - pw / 2) * (w / step) - 0.5 - eps)
-        j1 = torch.floor((g[:, 2:3] - dx + pw / 2) * (w / step) - 0.5 + eps)
-        i0 = torch.ceil((g[:, 1:2] + dy - ph / 2) * (h / step) - 0.5 - eps)
-        i1 = torch.floor((g[:, 3:4] + ph / 2 - dy) * (h / step) - 0.5 + eps)
-        inf = float("inf")
-        j0 = torch.where(feasible, j0, inf).amin(1).clamp(min=0)
-        i0 = torch.where(feasible, i0, inf).amin(1).clamp(min=0)
-        j1 = torch.where(feasible, j1, -inf).amax(1).clamp(max=fw - 1)
-        i1 = torch.where(feasible, i1, -inf).amax(1).clamp(max=fh - 1)
-        nj = (j1 - j0 + 1).clamp(min=0)
-        ni = (i1 - i0 + 1).clamp(min=0)
-        lo_i.append(torch.nan_to_num(i0, posinf=0))
-        lo_j.append(torch.nan_to_num(j0, posinf=0))
-        n_i.append(ni)
-        n_j.append(nj)
-        fws.append(fw)
-        bases.append(base)
-        base += fh * fw * num_a
-    n_lev = len(levels)
-    i0 = torch.stack(lo_i, 1).long().reshape(-1)  # (F * L,) face-major
-    j0 = torch.stack(lo_j, 1).long().reshape(-1)
-    nj = torch.stack(n_j, 1).long().reshape(-1)
-    counts = (torch.stack(n_i, 1).long().reshape(-1) * nj) * num_a
-    total = int(counts.sum())
-    if total == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty
-    seg = torch.repeat_interleave(torch.arange(nf * n_lev, device=dev), counts,
-                                  output_size=total)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=dev) - starts[seg]
-    lev = seg % n_lev
-    a = local % num_a
-    cell = torch.div(local, num_a, rounding_mode="floor")
-    nx = nj[seg]
-    di = torch.div(cell, nx, rounding_mode="floor")
-    dj = cell - di * nx
-    fw_t = torch.tensor(fws, dtype=torch.long, device=dev)[lev]
-    base_t = torch.tensor(bases, dtype=torch.long, device=dev)[lev]
-    prior = base_t + ((i0[seg] + di) * fw_t + (j0[seg] + dj)) * num_a + a
-    face = torch.div(seg, n_lev, rounding_mode="floor")
-    return face, prior
 
 
 @dataclass
@@ -197,7 +107,7 @@ class MultiBoxLoss(nn.Module):
         reference_matching: True restores the reference's matching bug (see module doc).
         assignment: ``dense`` computes the IoU of every prior with every face (no host
             synchronisation; the GPU path); ``windowed`` only the (face, prior) pairs that can
-            reach IoU ``min(ignore_thresh, overlap_thresh)`` (``window_candidates``: exact, much
+            reach IoU ``min(ignore_thresh, overlap_thresh)`` (``AnchorGrid.candidates``: exact, much
             less work, one host sync for the pair count); ``auto`` = windowed on CPU when
             ``image_size`` is given and the priors are the grid of ``min_sizes`` / ``steps``,
             else dense. ``reference_matching`` always runs dense (an ignored face's best prior
@@ -331,7 +241,8 @@ class MultiBoxLoss(nn.Module):
     @torch.no_grad()
     def match_windowed(self, priors: Tensor, boxes: Tensor,
                        image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        """As ``match`` (fixed matching), from the candidate pairs of ``window_candidates``.
+        """As ``match`` (fixed matching), from the candidate pairs of the prior grid
+        (``AnchorGrid.candidates``).
 
         Returns ``(matches (B, P), pos_face (K,), pos_key (K,))``: the positives as flat face
         indices into ``boxes.reshape(-1, 4)`` and flat prior keys ``b * P + p``.
@@ -339,9 +250,8 @@ class MultiBoxLoss(nn.Module):
         bsz, m = boxes.shape[:2]
         p = priors.shape[0]
         dev = boxes.device
-        face, prior = window_candidates(boxes, image_size,
-                                        min(self.ignore_thresh, self.overlap_thresh),
-                                        self.min_sizes, self.steps)
+        grid = anchor_grid(image_size, self.min_sizes, self.steps)
+        face, prior = grid.candidates(boxes, min(self.ignore_thresh, self.overlap_thresh))
         flat = boxes.reshape(-1, 4)
         anchors = center_to_corner(priors.to(boxes.dtype))[prior]
         iou = box_iou(anchors[:, None, :], flat[face][:, None, :])[:, 0, 0]  # (N,)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from src.losses.multibox import MultiBoxLoss, window_candidates
+from src.losses.multibox import MultiBoxLoss
 from src.models.retinaface import prior_boxes
+from src.models.retinaface.priors import anchor_grid
 from src.nn import force_best_anchors
 from tests.retinaface import reference as R
 
@@ -259,11 +260,11 @@ def test_wing_and_focal_options():
 
 # ------------------------------------------------------------------ windowed assignment
 @pytest.mark.parametrize("size", [(160, 160), (96, 200), (640, 640)])
-def test_window_candidates_contain_every_pair_reaching_the_threshold(size):
+def test_grid_candidates_contain_every_pair_reaching_the_threshold(size):
     priors = prior_boxes(size, dtype=F64)
     targets = random_targets(6, max(size), seed=sum(size))
     boxes, _, _ = R.pad_targets(targets)
-    face, prior = window_candidates(boxes, size, 0.2)
+    face, prior = anchor_grid(size).candidates(boxes, 0.2)
     iou = R.jaccard(boxes.reshape(-1, 4), R.point_form(priors))  # (F, P)
     iou[(boxes.reshape(-1, 4) == -1).all(1)] = -1
     need = set(map(tuple, (iou >= 0.2 * (1 - 1e-9)).nonzero().tolist()))
@@ -276,17 +277,26 @@ def test_window_candidates_contain_every_pair_reaching_the_threshold(size):
     assert torch.all(key[1:] > key[:-1])
 
 
-def test_window_candidates_hand_worked():
-    # a 16 px face on the prior at (108, 108), t = 0.2. 16 px priors: inter must reach
-    # 0.2 * (256 + 256) / 1.2 = 85.3 px^2, so the x-overlap >= 85.3 / 16 = 5.33 px: centres in
-    # [100 + 5.33 - 8, 116 - 5.33 + 8] = [97.3, 118.7] -> x = 100, 108, 116 (same for y).
-    # 32 px priors: 0.2 * 1280 / 1.2 / 16 = 13.3 px -> [97.3, 118.7], the same 3 x 3 cells.
+def test_grid_candidates_hand_worked():
+    # a 16 px face [100, 116]^2, t = 0.2; prior centres 100, 108, 116 are cells 12, 13, 14.
+    # 16 px priors: inter must reach 0.2 * (256 + 256) / 1.2 = 85.3 px^2. Row 13 (y-overlap
+    # 16 px) needs an x-overlap >= 5.33 px: columns 12, 13, 14 (overlaps 8, 16, 8); rows 12
+    # and 14 (y-overlap 8) need 10.7 px: column 13 only. A cross of 5 cells.
+    # 32 px priors: 0.2 * (1024 + 256) / 1.2 = 213.3 px^2; rows 12..14 overlap 16 px in y
+    # (rows 11, 15: 8 px, would need 26.7 > 16 in x), x-overlap >= 13.3: columns 12..14.
     # 64 px priors: 0.2 * 4352 / 1.2 / 16 = 45.3 px > 16 px of face: impossible (and larger).
+    # Each row's run goes from its first feasible (cell, size) to its last one, so rows 12
+    # and 14 also hold the 16 px prior at column 14 (IoU 0.14; extra pairs are allowed).
     boxes = (torch.tensor([[[100.0, 100, 116, 116]]], dtype=F64) / SIZE)
-    face, prior = window_candidates(boxes, (SIZE, SIZE), 0.2)
-    expect = [_prior_index(0, r, c, a) for r in (12, 13, 14) for c in (12, 13, 14)
-              for a in (0, 1)]
-    assert prior.tolist() == expect and face.tolist() == [0] * 18
+    face, prior = anchor_grid((SIZE, SIZE)).candidates(boxes, 0.2)
+    edge = [(12, 1), (13, 0), (13, 1), (14, 0), (14, 1)]
+    middle = [(c, a) for c in (12, 13, 14) for a in (0, 1)]
+    expect = [_prior_index(0, r, c, a) for r, cells in ((12, edge), (13, middle), (14, edge))
+              for c, a in cells]
+    assert prior.tolist() == expect and face.tolist() == [0] * 16
+    iou = R.jaccard(boxes[0], R.point_form(P640))[0]
+    assert set((iou >= 0.2).nonzero()[:, 0].tolist()) == set(expect) - {
+        _prior_index(0, 12, 14, 0), _prior_index(0, 14, 14, 0)}
 
 
 @pytest.mark.parametrize("size", [(160, 160), (128, 96)])

@@ -7,9 +7,12 @@ and given in normalised ``cxcywh``: ``cx = (j + 0.5) * step / W``, ``cy = (i + 0
 ``w = size / W``, ``h = size / H`` (so non-square images give non-square normalised boxes).
 With the defaults there are 16,800 priors at 640 x 640.
 
-Values are computed in float64 and then cast, which reproduces the reference (Python floats
-turned into a float32 tensor) bit for bit. Results are cached per (H, W, device, dtype,
-configuration): treat the returned tensor as read-only (``.clone()`` before editing in place).
+The grid is the detection toolkit's ``src.nn.anchor.AnchorGrid`` (``anchor_grid`` returns it
+for an image size: its ``candidates`` gives the (face, prior) pairs that can reach an IoU,
+used by the windowed assignment of ``MultiBoxLoss``). Values are computed in float64 and then
+cast, which reproduces the reference (Python floats turned into a float32 tensor) bit for bit.
+Results are cached per (H, W, device, dtype, configuration): treat the returned tensor as
+read-only (``.clone()`` before editing in place).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+from src.nn.anchor import AnchorGrid
 
 MIN_SIZES: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
 STEPS: tuple[int, ...] = (8, 16, 32)
@@ -39,9 +44,29 @@ def num_priors(
     steps: Sequence[int] = STEPS,
 ) -> int:
     """Number of priors for an (H, W) image."""
-    return sum(
-        fh * fw * len(m) for (fh, fw), m in zip(feature_map_sizes(image_size, steps), min_sizes)
-    )
+    return anchor_grid(image_size, min_sizes, steps).num_anchors
+
+
+def anchor_grid(
+    image_size: tuple[int, int],
+    min_sizes: Sequence[Sequence[int]] = MIN_SIZES,
+    steps: Sequence[int] = STEPS,
+) -> AnchorGrid:
+    """The ``AnchorGrid`` of the priors of an (H, W) image (cached; normalised coordinates)."""
+    if len(min_sizes) != len(steps):
+        raise ValueError(f"min_sizes has {len(min_sizes)} levels but steps has {len(steps)}")
+    h, w = int(image_size[0]), int(image_size[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image_size must be positive, got {(h, w)}")
+    return _anchor_grid_cached(h, w, tuple(tuple(int(s) for s in m) for m in min_sizes),
+                               tuple(int(s) for s in steps))
+
+
+@lru_cache(maxsize=64)
+def _anchor_grid_cached(
+    h: int, w: int, min_sizes: tuple[tuple[int, ...], ...], steps: tuple[int, ...]
+) -> AnchorGrid:
+    return AnchorGrid.square((h, w), steps, min_sizes)
 
 
 def prior_boxes(
@@ -74,24 +99,7 @@ def _prior_boxes_cached(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Tensor:
-    levels = []
-    f64 = torch.float64
-    for (fh, fw), step, sizes in zip(feature_map_sizes((h, w), steps), steps, min_sizes):
-        cy = (torch.arange(fh, dtype=f64) + 0.5) * step / h  # (fh,)
-        cx = (torch.arange(fw, dtype=f64) + 0.5) * step / w  # (fw,)
-        s = torch.tensor(sizes, dtype=f64)  # (A,)
-        shape = (fh, fw, len(sizes))
-        boxes = torch.stack(
-            [
-                cx[None, :, None].expand(shape),
-                cy[:, None, None].expand(shape),
-                (s / w)[None, None, :].expand(shape),
-                (s / h)[None, None, :].expand(shape),
-            ],
-            dim=-1,
-        )
-        levels.append(boxes.reshape(-1, 4))
-    out = torch.cat(levels, 0)
+    out = anchor_grid((h, w), min_sizes, steps).anchors("center", dtype=torch.float64)
     if clip:
         out = out.clamp(0.0, 1.0)
     return out.to(device=device, dtype=dtype).contiguous()
