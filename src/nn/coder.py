@@ -5,6 +5,13 @@ Conventions (as GluonCV): ``samples`` are ``(B, N)`` with +1 positive, -1 negati
 only where the sample is positive and return masks saying so. Anchors may be given once as
 ``(N, 4)`` (or ``(1, N, 4)``) and broadcast over the batch.
 
+Positive-only encoding: only a few percent of a detector's anchors at most are positive, so on
+CPU the encoders find the positive ``(b, n)`` with ``nonzero`` (a host sync, free there) and
+encode those rows alone, with the very same elementwise operations as the dense path
+(bit-identical results), into zero-initialised outputs. On CUDA the dense path (no host sync)
+is the default. Force either with the ``positive_only`` constructor keyword or attribute
+(``None``: by device, and dense when an input requires grad).
+
 Additions for landmark detectors (RetinaFace): ``NormalizedLandmarkCenterEncoder`` /
 ``NormalizedLandmarkCenterDecoder`` encode K points relative to the anchor centre and size.
 """
@@ -67,6 +74,72 @@ def _check_len(name: str, values: Sequence[float], n: int) -> tuple[float, ...]:
     return values
 
 
+def _positive_only_default(device: torch.device | str) -> bool:
+    """Positive-only encoding by default where ``nonzero``'s host sync is free: on CPU."""
+    return torch.device(device).type == "cpu"
+
+
+def _use_positive_only(choice: bool | None, *tensors: torch.Tensor) -> bool:
+    if choice is not None:
+        return bool(choice)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False  # targets are not differentiated; keep the dense graph if asked for one
+    return _positive_only_default(tensors[0].device)
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.reshape(-1).nonzero()`` as ascending 1-D indices, cheap for a sparse bool mask.
+
+    On CPU the bool bytes are read 8 at a time as int64 words: ``nonzero`` over the words, then
+    over the bytes of the few non-zero words (several times faster than a plain ``nonzero``).
+    """
+    flat = mask.reshape(-1).contiguous()
+    whole = flat.numel() // 8 * 8
+    if flat.device.type != "cpu" or whole < 4096 or flat.storage_offset() % 8:
+        return flat.nonzero().squeeze(1)
+    words = flat[:whole].view(torch.int64).nonzero().squeeze(1)
+    byte = flat[:whole].view(-1, 8).index_select(0, words).nonzero()
+    keys = words.index_select(0, byte[:, 0]).mul_(8).add_(byte[:, 1])
+    if whole == flat.numel():
+        return keys
+    return torch.cat((keys, flat[whole:].nonzero().squeeze(1).add_(whole)))
+
+
+def _positives(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat keys ``b * N + n`` (ascending) of the True entries of a ``(B, N)`` mask, and b, n."""
+    keys = _flat_nonzero(mask)
+    n = mask.shape[1]
+    b = torch.div(keys, n, rounding_mode="floor") if n else keys
+    return keys, b, keys - b * n
+
+
+def _matched_rows(refs: torch.Tensor, b: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """``gather_matched`` at given ``(b, match)`` pairs only: ``refs[b, max(match, 0)]``."""
+    bsz, m = refs.shape[:2]
+    trailing = refs.shape[2:]
+    if m == 0:
+        return refs.new_zeros((match.shape[0], *trailing))
+    return refs.reshape(bsz * m, *trailing).index_select(0, b * m + match.long().clamp(min=0))
+
+
+def _anchor_rows(anchors: torch.Tensor, bsz: int, n: int, b: torch.Tensor,
+                 idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``(b, idx)`` of the anchors broadcast to ``(bsz, n, 4)``: ``(N, 4)``, ``(1, N, 4)``
+    or ``(B, N, 4)``."""
+    a = anchors.expand(bsz, n, anchors.shape[-1])
+    if bsz and a.stride(0) == 0:  # one set of anchors for the whole batch
+        return a[0].index_select(0, idx)
+    return a[b, idx]
+
+
+def _scatter_rows(codes: torch.Tensor, keys: torch.Tensor, bsz: int, n: int):
+    """Zero ``(bsz, n, C)`` targets holding ``codes`` at the flat keys, and the 0/1 masks."""
+    c = codes.shape[-1]
+    targets = codes.new_zeros((bsz * n, c)).index_copy_(0, keys, codes)
+    masks = codes.new_zeros((bsz * n, c)).index_fill_(0, keys, 1)
+    return targets.reshape(bsz, n, c), masks.reshape(bsz, n, c)
+
+
 class NormalizedBoxCenterEncoder(nn.Module):
     """Encode box targets as normalized centre offsets and log size ratios.
 
@@ -74,13 +147,18 @@ class NormalizedBoxCenterEncoder(nn.Module):
     stds``. Anchors and references are corner boxes.
 
     ``forward(samples, matches, anchors, refs)`` -> ``(targets, masks)``, both ``(B, N, 4)``;
-    only positive samples have non-zero targets and masks of 1.
+    only positive samples have non-zero targets and masks of 1 (everything else is +0.0).
+
+    ``positive_only``: encode only the positive rows (``None``: on CPU, see the module notes);
+    both paths give bit-identical results.
     """
 
-    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0)):
+    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
+                 positive_only: bool | None = None):
         super().__init__()
         self._stds = _check_len("stds", stds, 4)
         self._means = _check_len("means", means, 4)
+        self.positive_only = positive_only
 
     def encode(self, boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Plain elementwise encoding of corner ``boxes`` against corner ``anchors``."""
@@ -91,23 +169,37 @@ class NormalizedBoxCenterEncoder(nn.Module):
         t = torch.cat((txy, twh), dim=-1)
         return (t - _const(self._means, t)) / _const(self._stds, t)
 
-    def forward(self, samples, matches, anchors, refs):
-        # Work on the M references first (cheap), then one gather and two passes over (B, N, 4):
-        # t = (ref_feature[match] - shift) * scale with ref_feature = (gx, gy, log gw, log gh),
-        # shift = (ax + mx aw, ay + my ah, log aw + mw, log ah + mh),
-        # scale = (1 / (sx aw), 1 / (sy ah), 1 / sw, 1 / sh).
+    # t = (ref_feature[match] - shift) * scale with ref_feature = (gx, gy, log gw, log gh),
+    # shift = (ax + mx aw, ay + my ah, log aw + mw, log ah + mh),
+    # scale = (1 / (sx aw), 1 / (sy ah), 1 / sw, 1 / sh). Both paths use these two helpers.
+    @staticmethod
+    def _ref_features(refs: torch.Tensor) -> torch.Tensor:
         g = corner_to_center(refs)
         feat = torch.cat((g[..., :2], torch.log(g[..., 2:])), dim=-1)
-        feat = torch.where(is_padding(refs).unsqueeze(-1), torch.zeros_like(feat), feat)
-        a = corner_to_center(anchors.to(feat.dtype))
+        return torch.where(is_padding(refs).unsqueeze(-1), torch.zeros_like(feat), feat)
+
+    def _anchor_side(self, anchors: torch.Tensor, dtype: torch.dtype):
+        a = corner_to_center(anchors.to(dtype))
         stds, means = _const(self._stds, a), _const(self._means, a)
         shift = torch.cat((a[..., :2] + means[:2] * a[..., 2:],
                            torch.log(a[..., 2:]) + means[2:]), dim=-1)
         scale = torch.cat((1.0 / (stds[:2] * a[..., 2:]),
                            (1.0 / stds[2:]).expand_as(a[..., 2:])), dim=-1)
+        return shift, scale
+
+    def forward(self, samples, matches, anchors, refs):
+        feat = self._ref_features(refs)  # the M references first (cheap)
+        if _use_positive_only(self.positive_only, samples, anchors, refs):
+            bsz, n = matches.shape
+            keys, b, idx = _positives((samples > 0.5).expand(bsz, n))
+            rows = _matched_rows(feat, b, matches.reshape(-1).index_select(0, keys))
+            shift, scale = self._anchor_side(_anchor_rows(anchors, bsz, n, b, idx), feat.dtype)
+            return _scatter_rows((rows - shift) * scale, keys, bsz, n)
+        # dense: one gather and two passes over (B, N, 4)
+        shift, scale = self._anchor_side(anchors, feat.dtype)
         codecs = (gather_matched(feat, matches) - shift) * scale
         pos = (samples > 0.5).unsqueeze(-1)
-        targets = codecs * pos  # the reference side is finite, so non-positives are exactly 0
+        targets = torch.where(pos, codecs, codecs.new_zeros(()))
         masks = pos.expand_as(codecs).to(codecs.dtype)
         return targets, masks
 
@@ -159,30 +251,34 @@ class NormalizedPerClassBoxCenterEncoder(nn.Module):
     non-positive anchors whose masks are 0. Only the matched class has mask 1.
 
     ``per_device_batch_size`` is accepted for GluonCV compatibility; the batch size is read from
-    the inputs (GluonCV looped over it).
+    the inputs (GluonCV looped over it). ``positive_only`` is passed to the class-agnostic
+    encoder.
     """
 
     def __init__(self, num_class: int, max_pos: int = 128, per_device_batch_size: int = 1,
-                 stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0)):
+                 stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
+                 positive_only: bool | None = None):
         super().__init__()
         if num_class <= 0:
             raise ValueError("Number of classes must be positive")
         self._num_class = num_class
         self._max_pos = max_pos
-        self.class_agnostic_encoder = NormalizedBoxCenterEncoder(stds=stds, means=means)
+        self.class_agnostic_encoder = NormalizedBoxCenterEncoder(stds=stds, means=means,
+                                                                 positive_only=positive_only)
 
     def forward(self, samples, matches, anchors, labels, refs):
         targets, masks = self.class_agnostic_encoder(samples, matches, anchors, refs)
-        ref_labels = gather_matched(labels.unsqueeze(-1), matches).squeeze(-1)  # (B, N)
-        classes = torch.arange(self._num_class, device=labels.device)
-        same_cid = ref_labels.unsqueeze(-1).long() == classes  # (B, N, C)
         # positives first, in ascending anchor order (stable sort)
-        order = torch.sort(masks[..., 0], dim=1, descending=True, stable=True).indices
+        order = torch.sort((samples > 0.5).to(torch.uint8), dim=1, descending=True,
+                           stable=True).indices
         k = min(self._max_pos, order.shape[1])
         indices = order[:, :k]
         targets = gather_matched(targets, indices)  # (B, K, 4)
         masks = gather_matched(masks, indices)
-        same_cid = gather_matched(same_cid, indices)  # (B, K, C)
+        # labels of the K selected anchors only
+        ref_labels = gather_matched(labels.unsqueeze(-1), matches.gather(1, indices)).squeeze(-1)
+        classes = torch.arange(self._num_class, device=labels.device)
+        same_cid = ref_labels.unsqueeze(-1).long() == classes  # (B, K, C)
         all_targets = targets.unsqueeze(2).expand(-1, -1, self._num_class, -1)
         all_masks = masks.unsqueeze(2) * same_cid.unsqueeze(-1).to(masks.dtype)
         return all_targets, all_masks, indices
@@ -199,12 +295,16 @@ class NormalizedLandmarkCenterEncoder(nn.Module):
     matched refs ``(B, N, K, 2)`` / ``(B, N, 2K)``. Masks are 1 only for positive samples whose
     matched reference has landmarks; a reference whose points are all -1 has none (the WIDER
     FACE convention), so its anchors are excluded from the landmark loss.
+
+    ``positive_only``: encode only those rows (``None``: on CPU, see the module notes); both
+    paths give bit-identical results.
     """
 
-    def __init__(self, stds=(0.1, 0.1), means=(0.0, 0.0)):
+    def __init__(self, stds=(0.1, 0.1), means=(0.0, 0.0), positive_only: bool | None = None):
         super().__init__()
         self._stds = _check_len("stds", stds, 2)
         self._means = _check_len("means", means, 2)
+        self.positive_only = positive_only
 
     def encode(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Encode ``(..., K, 2)`` points against ``(..., 4)`` corner anchors."""
@@ -212,23 +312,44 @@ class NormalizedLandmarkCenterEncoder(nn.Module):
         t = (points - a[..., :2]) / a[..., 2:]
         return (t - _const(self._means, t)) / _const(self._stds, t)
 
+    def _anchor_side(self, anchors: torch.Tensor, dtype: torch.dtype):
+        # per anchor: t = (p - shift) * scale, shift = a_xy + means * a_wh,
+        # scale = 1 / (stds * a_wh); the same for each of the K points
+        a = corner_to_center(anchors.to(dtype))
+        stds, means = _const(self._stds, a), _const(self._means, a)
+        return a[..., :2] + means * a[..., 2:], 1.0 / (stds * a[..., 2:])
+
     def forward(self, samples, matches, anchors, refs):
         flat = refs.dim() == 3
         pts = refs.flatten(2) if not flat else refs  # (B, M, 2K)
         num_points = pts.shape[-1] // 2
         has_landmarks = ~(pts == -1).all(dim=-1)  # (B, M)
-        valid = gather_matched(has_landmarks, matches)  # (B, N)
-        # per anchor: t = (p - shift) * scale, shift = a_xy + means * a_wh,
-        # scale = 1 / (stds * a_wh); tiled over the K points
-        a = corner_to_center(anchors.to(pts.dtype))
-        stds, means = _const(self._stds, a), _const(self._means, a)
-        shift = a[..., :2] + means * a[..., 2:]
-        shift = shift.repeat(*([1] * (shift.dim() - 1)), num_points)
-        scale = (1.0 / (stds * a[..., 2:])).repeat(*([1] * (a.dim() - 1)), num_points)
-        codecs = (gather_matched(pts, matches) - shift) * scale  # (B, N, 2K)
-        keep = ((samples > 0.5) & valid & (matches >= 0)).unsqueeze(-1)
-        targets = codecs * keep
-        masks = keep.expand_as(codecs).to(codecs.dtype)
+        if _use_positive_only(self.positive_only, samples, anchors, refs):
+            bsz, n = matches.shape
+            m = pts.shape[1]
+            keys, b, idx = _positives((samples > 0.5).expand(bsz, n))
+            match = matches.reshape(-1).index_select(0, keys)
+            keep = match >= 0
+            if m:  # matched to a reference with landmarks (none to match if M = 0)
+                rows = b * m + match.clamp(min=0)
+                keep &= has_landmarks.reshape(-1).index_select(0, rows)
+            else:
+                rows, keep = match, torch.zeros_like(keep)
+            keys, b, idx, rows = keys[keep], b[keep], idx[keep], rows[keep]
+            shift, scale = self._anchor_side(_anchor_rows(anchors, bsz, n, b, idx), pts.dtype)
+            p = pts.reshape(bsz * m, pts.shape[-1]).index_select(0, rows)
+            p = p.unflatten(-1, (num_points, 2))
+            codes = (p - shift.unsqueeze(-2)) * scale.unsqueeze(-2)
+            targets, masks = _scatter_rows(codes.flatten(-2), keys, bsz, n)
+        else:
+            valid = gather_matched(has_landmarks, matches)  # (B, N)
+            shift, scale = self._anchor_side(anchors, pts.dtype)
+            shift = shift.repeat(*([1] * (shift.dim() - 1)), num_points)  # tiled over K
+            scale = scale.repeat(*([1] * (scale.dim() - 1)), num_points)
+            codecs = (gather_matched(pts, matches) - shift) * scale  # (B, N, 2K)
+            keep = ((samples > 0.5) & valid & (matches >= 0)).unsqueeze(-1)
+            targets = torch.where(keep, codecs, codecs.new_zeros(()))
+            masks = keep.expand_as(codecs).to(codecs.dtype)
         if not flat:
             targets = targets.unflatten(-1, (num_points, 2))
             masks = masks.unflatten(-1, (num_points, 2))
@@ -265,13 +386,22 @@ class MultiClassEncoder(nn.Module):
 
     ``forward(samples, matches, refs)`` with ``refs`` ``(B, M)`` labels in
     ``[0, num_fg_class)``; returns ``(B, N)`` targets with the dtype of ``refs``.
+    ``positive_only``: look up the labels of the positive samples only (``None``: on CPU).
     """
 
-    def __init__(self, ignore_label: float = -1):
+    def __init__(self, ignore_label: float = -1, positive_only: bool | None = None):
         super().__init__()
         self._ignore_label = ignore_label
+        self.positive_only = positive_only
 
     def forward(self, samples, matches, refs):
+        if _use_positive_only(self.positive_only, samples, refs):
+            keys, b, _ = _positives((samples > 0.5).expand(matches.shape))
+            ids = _matched_rows(refs, b, matches.reshape(-1).index_select(0, keys)) + 1
+            targets = ids.new_full(matches.shape, self._ignore_label)
+            targets.masked_fill_(samples < -0.5, 0)
+            targets.view(-1).index_copy_(0, keys, ids)
+            return targets
         target_ids = gather_matched(refs.unsqueeze(-1), matches).squeeze(-1) + 1
         targets = torch.where(samples > 0.5, target_ids,
                               torch.full_like(target_ids, self._ignore_label))

@@ -303,3 +303,135 @@ def test_landmark_means_round_trip_and_formula():
     assert m.all()
     back = NormalizedLandmarkCenterDecoder(stds, means, convert_anchor=True)(t, anchors)
     torch.testing.assert_close(back, pts)
+
+
+# ---- positive-only encoding (the CPU default) vs the dense path: bit-identical ----------------
+
+@pytest.fixture(params=[True, False], ids=["positive_only", "dense"])
+def coder_path(request, monkeypatch):
+    """Run a test with the default path of every encoder forced to one side."""
+    monkeypatch.setattr("src.nn.coder._positive_only_default", lambda device: request.param)
+    return request.param
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """Reinterpret floats as integers: equality is then bitwise (tells -0.0 from +0.0)."""
+    if not x.is_floating_point():
+        return x
+    return x.view({torch.float32: torch.int32, torch.float64: torch.int64}[x.dtype])
+
+
+def _assert_bit_equal(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.equal(_bits(g), _bits(w))
+
+
+def _random_problem(gen, bsz, n, m, dtype, anchor_form, num_points=0):
+    """Anchors in one broadcast form, refs with -1 padding rows, matches with -1, samples with
+    positives, negatives and ignores (some positives unmatched)."""
+    anchors = random_boxes(gen, bsz if anchor_form == "BN" else 1, n, dtype=dtype)
+    if anchor_form == "N":
+        anchors = anchors[0]
+    refs = random_boxes(gen, bsz, m, dtype=dtype)
+    pts = torch.rand(bsz, m, num_points, 2, generator=gen, dtype=dtype) * 120 - 10
+    if m > 1:
+        pad = torch.rand(bsz, m, generator=gen) < 0.3
+        refs[pad] = -1
+        pts[pad] = -1
+        pts[torch.rand(bsz, m, generator=gen) < 0.2] = -1  # faces without landmarks
+    matches = torch.randint(-1, max(m, 1), (bsz, n), generator=gen) if m else \
+        torch.full((bsz, n), -1, dtype=torch.long)
+    samples = torch.randint(-1, 2, (bsz, n), generator=gen).to(dtype)
+    labels = torch.randint(0, 5, (bsz, m), generator=gen)
+    return samples, matches, anchors, refs, pts, labels
+
+
+_SHAPES = [(3, 40, 4), (1, 25, 1), (2, 30, 0), (0, 20, 3), (2, 0, 3), (4, 64, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("anchor_form", ["N", "1N", "BN"])
+def test_positive_only_box_and_landmark_encoders_are_bit_identical(dtype, anchor_form):
+    gen = torch.Generator().manual_seed(11)
+    stds, means = (0.1, 0.15, 0.2, 0.25), (0.01, -0.02, 0.03, 0.0)
+    for bsz, n, m in _SHAPES:
+        samples, matches, anchors, refs, pts, _ = _random_problem(gen, bsz, n, m, dtype,
+                                                                  anchor_form, num_points=5)
+        for enc_cls, args, targets in (
+                (NormalizedBoxCenterEncoder, (stds, means), refs),
+                (NormalizedLandmarkCenterEncoder, ((0.1, 0.2), (0.05, -0.1)), pts),
+                (NormalizedLandmarkCenterEncoder, (), pts.flatten(2))):
+            sparse = enc_cls(*args, positive_only=True)(samples, matches, anchors, targets)
+            dense = enc_cls(*args, positive_only=False)(samples, matches, anchors, targets)
+            _assert_bit_equal(sparse, dense)
+            assert sparse[0].dtype == dtype and torch.isfinite(sparse[0]).all()
+            if bsz and n:  # only positives are non-zero
+                pos = (samples > 0).reshape(*samples.shape, *([1] * (targets.dim() - 2)))
+                assert not (sparse[0] * ~pos).any() and not (sparse[1] * ~pos).any()
+
+
+def test_positive_only_encoders_without_positives_and_default_dispatch():
+    gen = torch.Generator().manual_seed(12)
+    samples, matches, anchors, refs, pts, labels = _random_problem(gen, 2, 30, 4, f64, "N", 5)
+    none = samples.clamp(max=0)  # negatives and ignores only
+    for enc, args in ((NormalizedBoxCenterEncoder(), (anchors, refs)),
+                      (NormalizedLandmarkCenterEncoder(), (anchors, pts))):
+        t, m = enc(none, matches, *args)
+        assert not t.any() and not m.any() and not torch.signbit(t).any()
+    cls_t = MultiClassEncoder()(none, matches, labels)
+    assert set(cls_t.unique().tolist()) <= {0, -1}
+    from src.nn.coder import _positive_only_default, _use_positive_only
+
+    assert _positive_only_default("cpu") and _positive_only_default(torch.device("cpu"))
+    assert not _positive_only_default("cuda") and not _positive_only_default("cuda:1")
+    assert _use_positive_only(None, samples, refs)
+    assert not _use_positive_only(False, samples, refs)
+    grad_refs = refs.clone().requires_grad_()
+    assert not _use_positive_only(None, samples, grad_refs)  # dense graph when asked for one
+    t, _ = NormalizedBoxCenterEncoder()(samples, matches, anchors, grad_refs)
+    assert t.requires_grad
+    with torch.no_grad():
+        assert _use_positive_only(None, samples, grad_refs)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.float32])
+def test_positive_only_class_encoders_are_identical(label_dtype):
+    gen = torch.Generator().manual_seed(13)
+    for bsz, n, m in _SHAPES:
+        samples, matches, anchors, refs, _, labels = _random_problem(gen, bsz, n, m, f64, "N")
+        labels = labels.to(label_dtype)
+        for ignore in (-1, -2):
+            _assert_bit_equal(
+                [MultiClassEncoder(ignore, positive_only=True)(samples, matches, labels)],
+                [MultiClassEncoder(ignore, positive_only=False)(samples, matches, labels)])
+        if n:
+            for max_pos in (1, 5, 200):
+                args = (samples, matches, anchors, labels, refs)
+                sparse = NormalizedPerClassBoxCenterEncoder(5, max_pos, positive_only=True)(*args)
+                dense = NormalizedPerClassBoxCenterEncoder(5, max_pos, positive_only=False)(*args)
+                _assert_bit_equal(sparse, dense)
+
+
+@pytest.mark.usefixtures("coder_path")
+def test_worked_examples_on_both_paths():
+    test_box_encode_worked_example_round_trip()
+    test_box_encode_mxnet_golden()
+    test_decoder_clip_and_means()
+    test_encoder_batched_matches_padding_and_broadcast_anchors()
+    test_landmark_coder_retinaface_formula_and_round_trip()
+    test_per_class_box_encoder()
+    test_class_encoders_and_decoders()
+    test_landmark_means_round_trip_and_formula()
+
+
+def test_positive_only_with_samples_broadcast_over_the_batch():
+    gen = torch.Generator().manual_seed(14)
+    samples, matches, anchors, refs, pts, labels = _random_problem(gen, 3, 50, 4, f64, "N", 5)
+    shared = samples[:1]  # (1, N) samples for every image
+    for enc, args in ((NormalizedBoxCenterEncoder, (anchors, refs)),
+                      (NormalizedLandmarkCenterEncoder, (anchors, pts))):
+        _assert_bit_equal(enc(positive_only=True)(shared, matches, *args),
+                          enc(positive_only=False)(shared, matches, *args))
+    _assert_bit_equal([MultiClassEncoder(positive_only=True)(shared, matches, labels)],
+                      [MultiClassEncoder(positive_only=False)(shared, matches, labels)])
