@@ -178,7 +178,6 @@ class AnchorGrid:
         for k, shapes in enumerate(self.sizes):
             for a, (sw, sh) in enumerate(shapes):
                 pw[k, a], ph[k, a], ok[k, a] = sw / sx, sh / sy, True
-        h, w = self.image_size
         # largest |coordinate| an anchor corner can have, for the float32 slack
         reach = max(max((fw + abs(self.offset)) * st / sx, (fh + abs(self.offset)) * st / sy)
                     + max(max(s) for s in shapes) / min(sx, sy)
@@ -192,13 +191,12 @@ class AnchorGrid:
             "pw": pw, "ph": ph, "ok": ok,
             "step": torch.tensor(self.steps, dtype=f64),
             "fh": torch.tensor([f[0] for f in self.feature_map_sizes], dtype=f64),
-            "fw": torch.tensor([f[1] for f in self.feature_map_sizes], dtype=f64),
             "fh_i": torch.tensor([f[0] for f in self.feature_map_sizes], dtype=i64),
-            "fw_i": torch.tensor([f[1] for f in self.feature_map_sizes], dtype=i64),
-            "na": torch.tensor([len(s) for s in self.sizes], dtype=i64),
             "slot": torch.arange(a_max, dtype=i64),
-            "base": torch.tensor(base, dtype=i64),
             "reach": torch.tensor(reach, dtype=f64),
+            # per level: step, columns, shapes, index of the first anchor (exact in float64)
+            "level": torch.tensor([[st, fw, len(sz), b] for st, (_, fw), sz, b in zip(
+                self.steps, self.feature_map_sizes, self.sizes, base)], dtype=f64),
         }
         tab = {k: v.to(device) for k, v in tab.items()}
         self._tables[device] = tab
@@ -276,35 +274,38 @@ class AnchorGrid:
             return empty, empty
 
         # ---- per row: the exact y-overlap of the row gives the columns of each shape
-        segs = torch.arange(n_gt * n_lev, device=dev)
-        seg = _expand(segs, n_rows, total_rows, 0)  # (R,) gt-major, then level
+        n_seg = n_gt * n_lev
+        seg = _expand(torch.arange(n_seg, device=dev), n_rows, total_rows, 0)  # (R,)
         row = _expand(i0, n_rows, total_rows, 1)  # (R,)
-        lev = seg % n_lev
         gi = torch.div(seg, n_lev, rounding_mode="floor")
-        step = tab["step"][lev]
+        # one gather of everything a row needs: per (gt, level) and per (gt, level, shape)
+        per_gt = torch.stack([gx1, gx2, gy1, gy2, delta], 1)[:, None].expand(n_gt, n_lev, 5)
+        per_seg = torch.cat([per_gt, tab["level"][None].expand(n_gt, n_lev, 4)], 2)
+        need = torch.where(feasible, need, inf)  # infeasible shapes reach nothing
+        per_shape = torch.stack([need, mw, pw.expand_as(need), ph.expand_as(need)], 3)
+        rx1, rx2, ry1, ry2, d_r, step, fw, na, base = per_seg.reshape(n_seg, 9)[seg].unbind(1)
+        need_r, mw_r, pw_r, ph_r = per_shape.reshape(n_seg, -1, 4)[seg].unbind(2)  # (R, A)
         cy = ((row.to(torch.float64) + off) * step / sy)[:, None]  # as anchors()
-        ph_r, pw_r = tab["ph"][lev], tab["pw"][lev]  # (R, A)
-        iy = (torch.minimum(cy + ph_r / 2, gy2[gi, None])
-              - torch.maximum(cy - ph_r / 2, gy1[gi, None])).clamp(min=0)
-        d_r = delta[gi, None]
-        need_r = need.reshape(n_gt * n_lev, -1)[seg]
+        iy = (torch.minimum(cy + ph_r / 2, ry2[:, None])
+              - torch.maximum(cy - ph_r / 2, ry1[:, None])).clamp(min=0)
+        d_r = d_r[:, None]
         dx = need_r / (iy + d_r) - d_r
-        ok = feasible.reshape(n_gt * n_lev, -1)[seg] & (mw.reshape(n_gt * n_lev, -1)[seg] >= dx)
+        ok = mw_r >= dx
         ux = (step / sx)[:, None]
-        lo = torch.where(dx > 0, gx1[gi, None] + dx - pw_r / 2, -inf) / ux - off
-        hi = torch.where(dx > 0, gx2[gi, None] - dx + pw_r / 2, inf) / ux - off
-        fw = tab["fw"][lev][:, None]
+        lo = torch.where(dx > 0, rx1[:, None] + dx - pw_r / 2, -inf) / ux - off
+        hi = torch.where(dx > 0, rx2[:, None] - dx + pw_r / 2, inf) / ux - off
+        fw = fw[:, None]
         j0 = _ceil(lo - _CELL_EPS, fw).clamp(min=0)
-        j1 = torch.minimum(_floor(hi + _CELL_EPS, fw), tab["fw_i"][lev][:, None] - 1)
+        j1 = torch.minimum(_floor(hi + _CELL_EPS, fw), fw.long() - 1)
         ok &= j0 <= j1
-        na = tab["na"][lev][:, None]  # shapes of the row's level
+        na = na.long()[:, None]  # shapes of the row's level
         slot = tab["slot"][None]
         # the row's run of anchors: from the first feasible (cell, shape) to the last one
         start = _reduce_last(torch.minimum, torch.where(ok, j0 * na + slot, big))
         stop = _reduce_last(torch.maximum, torch.where(ok, j1 * na + slot, -1))
         length = (stop - start + 1).clamp(min=0)
-        fw_i = tab["fw_i"][lev]
-        start = tab["base"][lev] + row * fw_i * na[:, 0] + torch.where(length > 0, start, 0)
+        start = (base.long() + row * fw[:, 0].long() * na[:, 0]
+                 + torch.where(length > 0, start, 0))
         total = int(length.sum())
         if total == 0:
             return empty, empty
