@@ -4,13 +4,29 @@ RetinaFace-sized problem by default: a batch of 32 images, 16,800 priors (640x64
 8/16/32, two sizes per cell), 10 ground-truth faces with 5 landmarks per image (some images
 padded with -1 rows). One step = IoU + matching (bipartite forced best prior, then IoU >= 0.35)
 + box and landmark encoding + class targets + sampling (7:1 hard negatives from per-anchor
-losses). The loop variant runs the very same modules on one image at a time.
+losses, OHEM 3:1, or random 256-anchor quotas).
+
+Columns:
+
+* ``batched``: the whole batch at once, IoU as a ``SparseIOU`` built from the ``AnchorGrid``
+  (the CPU path: only the anchors that can matter, exact);
+* ``dense``: the whole batch at once with the dense ``(B, N, M)`` ``BBoxBatchIOU`` (the
+  path without host synchronisation, for CUDA);
+* ``loop``: a per-image Python loop over the same blocks with the dense IoU of each image,
+  which is how GluonCV assigns targets (per sample, in the data transform); the speedup is
+  ``loop / batched``;
+* ``loop sparse``: a per-image loop of the batched path (SparseIOU per image), to separate
+  what batching buys from what the sparse IoU buys.
+
+``equal`` says whether ``batched``, ``dense`` and ``loop`` give identical tensors (for the
+random quota sampler: ``batched`` vs ``dense`` with the same generator state).
 
     python3 benchmarks/nn.py [--batch 32] [--anchors-size 640] [--gts 10] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
@@ -23,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.nn import (  # noqa: E402
+    AnchorGrid,
     BBoxBatchIOU,
     BipartiteMatcher,
     CompositeMatcher,
@@ -33,13 +50,17 @@ from src.nn import (  # noqa: E402
     NormalizedLandmarkCenterEncoder,
     OHEMSampler,
     QuotaSampler,
+    SparseIOU,
 )
+
+STEPS = (8, 16, 32)
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 
 
 def priors(size: int) -> torch.Tensor:
-    """RetinaFace priors in corner form, level -> row -> column -> size."""
+    """RetinaFace priors in corner form, level -> row -> column -> size (pixels)."""
     out = []
-    for step, sizes in ((8, (16, 32)), (16, (64, 128)), (32, (256, 512))):
+    for step, sizes in zip(STEPS, MIN_SIZES):
         f = math.ceil(size / step)
         for i, j in itertools.product(range(f), range(f)):
             for s in sizes:
@@ -64,9 +85,14 @@ def make_batch(b: int, m: int, size: int, gen: torch.Generator):
 
 
 class Assign(torch.nn.Module):
-    def __init__(self, sampler: str):
+    """One assignment step; ``grid`` given: the IoU is a ``SparseIOU`` of that anchor grid."""
+
+    def __init__(self, sampler: str, grid: AnchorGrid | None = None):
         super().__init__()
-        self.iou = BBoxBatchIOU()
+        self.grid = grid
+        self.dense_iou = BBoxBatchIOU()
+        # the lowest IoU threshold any block below compares with
+        self.floor = 0.3 if sampler == "quota" else 0.35
         self.matcher = CompositeMatcher([BipartiteMatcher(share_max=False), MaximumMatcher(0.35)])
         self.box = NormalizedBoxCenterEncoder(stds=(0.1, 0.1, 0.2, 0.2))
         self.landmark = NormalizedLandmarkCenterEncoder(stds=(0.1, 0.1))
@@ -79,6 +105,11 @@ class Assign(torch.nn.Module):
         else:
             self.sampler = QuotaSampler(256, 0.5, 0.3, pos_ratio=0.25,
                                         generator=torch.Generator().manual_seed(0))
+
+    def iou(self, anchors, boxes):
+        if self.grid is None:
+            return self.dense_iou(anchors, boxes)
+        return SparseIOU.from_grid(self.grid, boxes, self.floor, anchors=anchors)
 
     def forward(self, anchors, boxes, landmarks, labels, losses, logits):
         iou = self.iou(anchors, boxes)
@@ -129,31 +160,44 @@ def main():
     logits = torch.randn(args.batch, n, 2, generator=gen).to(dev)
     print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} anchors={n} "
           f"gts/image<={args.gts}")
-    print(f"{'sampler':<8} {'batched ms':>11} {'loop ms':>9} {'speedup':>8}  equal")
+    grid = AnchorGrid.square((args.anchors_size, args.anchors_size), STEPS, MIN_SIZES,
+                             normalized=False)
+    assert torch.equal(grid.anchors(device=dev), anchors)
+    print(f"{'sampler':<8} {'batched ms':>11} {'dense ms':>9} {'loop ms':>9} {'speedup':>8} "
+          f"{'loop sparse ms':>15}  equal")
     with torch.no_grad():
+        def whole(mod):
+            out = mod(anchors, boxes, lm, labels, losses, logits)
+            sync()
+            return out
+
+        def per_image(mod):
+            outs = [mod(anchors, boxes[i:i + 1], lm[i:i + 1], labels[i:i + 1],
+                        losses[i:i + 1], logits[i:i + 1]) for i in range(args.batch)]
+            sync()
+            return [torch.cat(parts) for parts in zip(*outs)]
+
         for kind in ("hard", "ohem", "quota"):
-            mod = Assign(kind)
-
-            def batched(mod=mod):
-                out = mod(anchors, boxes, lm, labels, losses, logits)
-                sync()
-                return out
-
-            def loop(mod=mod):
-                outs = [mod(anchors, boxes[i:i + 1], lm[i:i + 1], labels[i:i + 1],
-                            losses[i:i + 1], logits[i:i + 1]) for i in range(args.batch)]
-                sync()
-                return [torch.cat(parts) for parts in zip(*outs)]
-
+            sparse_mod, dense_mod = Assign(kind, grid), Assign(kind)
+            batched = functools.partial(whole, sparse_mod)
+            dense = functools.partial(whole, dense_mod)
+            loop = functools.partial(per_image, dense_mod)
+            loop_sparse = functools.partial(per_image, sparse_mod)
             tb = timeit(batched, args.repeat)
+            td = timeit(dense, args.repeat)
             tl = timeit(loop, args.repeat)
-            if kind == "quota":  # random choice: compare everything but the sampled subset
-                equal = "n/a (random)"
+            tls = timeit(loop_sparse, args.repeat)
+            same_b_d = all(torch.equal(a, b) for a, b in zip(
+                whole(Assign(kind, grid)), whole(Assign(kind))))
+            if kind == "quota":  # random choice: the loop draws its keys image by image
+                equal = f"{same_b_d} (batched = dense)"
             else:
-                equal = str(all(torch.equal(a, b) for a, b in zip(batched(), loop())))
-            print(f"{kind:<8} {tb * 1e3:>11.1f} {tl * 1e3:>9.1f} {tl / tb:>7.1f}x  {equal}")
+                same_b_l = all(torch.equal(a, b) for a, b in zip(batched(), loop()))
+                equal = str(same_b_d and same_b_l)
+            print(f"{kind:<8} {tb * 1e3:>11.1f} {td * 1e3:>9.1f} {tl * 1e3:>9.1f} "
+                  f"{tl / tb:>7.1f}x {tls * 1e3:>15.1f}  {equal}")
         if args.breakdown:
-            breakdown(Assign("hard"), anchors, boxes, lm, labels, losses, args.repeat, sync)
+            breakdown(Assign("hard", grid), anchors, boxes, lm, labels, losses, args.repeat, sync)
 
 
 def breakdown(mod, anchors, boxes, lm, labels, losses, repeat, sync):
@@ -162,7 +206,8 @@ def breakdown(mod, anchors, boxes, lm, labels, losses, repeat, sync):
     matches = mod.matcher(iou)
     samples = mod.sampler(matches, losses)
     stages = {
-        "iou (BBoxBatchIOU)": lambda: mod.iou(anchors, boxes),
+        "iou (SparseIOU)": lambda: mod.iou(anchors, boxes),
+        "iou (dense)": lambda: mod.dense_iou(anchors, boxes),
         "match (bipartite+max)": lambda: mod.matcher(iou),
         "sample (7:1 hard neg)": lambda: mod.sampler(matches, losses),
         "encode boxes": lambda: mod.box(samples, matches, anchors, boxes),

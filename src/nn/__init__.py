@@ -4,6 +4,7 @@ Boxes are corner ``(x1, y1, x2, y2)`` unless a name says center; batches are ``(
 with ``-1`` padding rows; matchers return -1 for unmatched; samplers return +1 positive,
 -1 negative, 0 ignore. IoU comes from ``src.ops.box_iou`` (the one implementation in the repo).
 """
+from .anchor import AnchorGrid
 from .bbox import (
     BBoxArea,
     BBoxBatchIOU,
@@ -38,6 +39,7 @@ from .sampler import HardNegativeSampler, NaiveSampler, OHEMSampler, QuotaSample
 from .sparse import SparseIOU
 
 __all__ = [
+    "AnchorGrid",
     "BBoxArea",
     "BBoxBatchIOU",
     "BBoxCenterToCorner",

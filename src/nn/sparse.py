@@ -131,7 +131,6 @@ class SparseIOU:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    @torch.no_grad()
     def from_pairs(cls, anchors: torch.Tensor, boxes: torch.Tensor, gt: torch.Tensor,
                    anchor: torch.Tensor, floor: float, k: int | None = None,
                    eps: float = 1e-12, offset: float = 0) -> SparseIOU:
@@ -144,10 +143,30 @@ class SparseIOU:
                 They must include every pair with IoU ``>= floor - eps`` (extra pairs are
                 fine; ``AnchorGrid.candidates``' relative margin covers the default ``eps``).
             floor: in ``(0, 1]``.
-            k: best anchors kept per ground truth (default ``min(N, M)``).
+            k: best anchors kept per ground truth (default ``min(N, M)``); a ground truth
+                with fewer than ``k`` pairs at ``floor`` gets its IoU with every anchor.
             eps: keep anchors within ``eps`` of a ground truth's best IoU (the sharing
                 tolerance of ``BipartiteMatcher``).
             offset: 1 for legacy ``x2 - x1 + 1`` widths.
+        """
+        pairs = (gt.long(), anchor.long())
+        return cls.from_candidates(anchors, boxes, lambda idx, t: pairs, floor, k, eps, offset,
+                                   refine=())
+
+    @classmethod
+    @torch.no_grad()
+    def from_candidates(cls, anchors: torch.Tensor, boxes: torch.Tensor, candidates,
+                        floor: float, k: int | None = None, eps: float = 1e-12,
+                        offset: float = 0, refine: tuple[float, ...] = (3.0, 9.0)
+                        ) -> SparseIOU:
+        """Build from a candidate source ``candidates(gt_index, min_iou) -> (gt, anchor)``.
+
+        The source returns int64 pairs (``gt`` indexing ``boxes.reshape(-1, 4)``) including
+        every pair with IoU ``>= min_iou - eps``, for all ground truths (``gt_index`` None, the
+        first call, at ``floor``) or for the int64 subset ``gt_index``. Ground truths with fewer
+        than ``k`` pairs at ``floor`` are asked again at ``floor / refine[i]`` (cheap windows for
+        small boxes); those still short get their IoU with every anchor. Other arguments as
+        ``from_pairs``.
         """
         if not 0 < floor <= 1:
             raise ValueError(f"SparseIOU: floor must be in (0, 1], got {floor}")
@@ -161,17 +180,30 @@ class SparseIOU:
         dtype = torch.promote_types(anchors.dtype, boxes.dtype)
         anchors, boxes = anchors.to(dtype), boxes.to(dtype)
         flat = boxes.reshape(-1, 4)
+        nf = flat.shape[0]
         real = ~is_padding(flat)
-        gt, anchor = gt.long(), anchor.long()
 
-        # candidate IoU (the same elementwise formula as the dense matrix: identical values)
-        iou = box_iou(anchors[anchor][:, None, :], flat[gt][:, None, :], offset)[:, 0, 0]
-        best = iou.new_full((flat.shape[0],), PAD_IOU).scatter_reduce(0, gt, iou, "amax")
-        keep = ((iou >= floor) | (iou + eps >= best[gt])) & (iou > 0) & real[gt]
-        count = torch.bincount(gt[keep & (iou >= floor)], minlength=flat.shape[0])
+        def stage(gt, anchor, t):
+            """Pairs worth a row, and each ground truth's count of pairs >= t."""
+            gt, anchor = gt.long(), anchor.long()
+            # the same elementwise formula as the dense matrix: identical values
+            iou = box_iou(anchors[anchor][:, None, :], flat[gt][:, None, :], offset)[:, 0, 0]
+            best = iou.new_full((nf,), PAD_IOU).scatter_reduce(0, gt, iou, "amax")
+            keep = ((iou >= t) | (iou + eps >= best[gt])) & (iou > 0) & real[gt]
+            count = torch.bincount(gt[keep & (iou >= t)], minlength=nf)
+            return gt[keep], anchor[keep], count
+
+        gt, anchor, count = stage(*candidates(None, floor), floor)
+        gts, anchs = [gt], [anchor]
         short = (real & (count < kk)).nonzero().squeeze(1)
-        gts, anchs = [gt[keep]], [anchor[keep]]
-        if short.numel() and kk > 0:  # tiny boxes: their k best anchors from a dense column
+        for div in refine:  # small boxes: a lower floor, still from windows
+            if not short.numel() or kk == 0:
+                break
+            gt, anchor, count = stage(*candidates(short, floor / div), floor / div)
+            gts.append(gt)
+            anchs.append(anchor)
+            short = short[count[short] < kk]
+        if short.numel() and kk > 0:  # still short: the k best anchors from a dense column
             col = box_iou(anchors, flat[short], offset)  # (N, S)
             kth = col.topk(kk, dim=0).values[-1]  # (S,)
             top = col.max(dim=0).values
@@ -198,6 +230,27 @@ class SparseIOU:
         sub = sub.masked_fill_(~used[..., None], float("-inf"))
         has_gt = real.reshape(bsz, m).any(dim=1)
         return cls(rows, sub, n, float(floor), kk, float(eps), has_gt)
+
+    @classmethod
+    def from_grid(cls, grid, boxes: torch.Tensor, floor: float, k: int | None = None,
+                  eps: float = 1e-12, anchors: torch.Tensor | None = None) -> SparseIOU:
+        """Build for the anchors of an ``AnchorGrid`` (``anchors``: its corner anchors if
+        already at hand), with candidates from the grid's windows; ``boxes`` ``(B, M, 4)``
+        corner ground truths in the grid's coordinates. Other arguments as ``from_pairs``."""
+        if eps >= floor / 9:
+            raise ValueError(f"SparseIOU.from_grid: eps={eps} must be far below floor={floor}")
+        if anchors is None:
+            anchors = grid.anchors("corner", device=boxes.device, dtype=boxes.dtype)
+        flat = boxes.reshape(-1, 4)
+
+        def source(idx, t):
+            t = t - eps  # the eps band below t
+            if idx is None:
+                return grid.candidates(boxes, t)
+            gt, anchor = grid.candidates(flat[idx].reshape(1, -1, 4), t)
+            return idx[gt], anchor
+
+        return cls.from_candidates(anchors, boxes, source, floor, k, eps)
 
     @classmethod
     def dense_pairs(cls, n: int, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

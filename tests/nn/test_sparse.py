@@ -224,3 +224,52 @@ def test_sharing_tolerance_is_kept():
         assert torch.equal(m(sparse), m(dense))
     with pytest.raises(ValueError, match="eps"):
         BipartiteMatcher(eps=0.3)(sparse)
+
+
+def test_refined_candidates_for_small_boxes():
+    """A source that can serve subsets at lower floors (as AnchorGrid windows do) is asked
+    again for the boxes short of k pairs; the result is still the dense one."""
+    gen = torch.Generator().manual_seed(11)
+    anchors = grid_anchors()
+    boxes = random_gts(gen, 5, 8, lo=2.0, hi=30.0)
+    dense = BBoxBatchIOU()(anchors, boxes)
+    calls = []
+
+    def source(idx, t):
+        calls.append((None if idx is None else idx.numel(), t))
+        b, a, g = (dense >= t - 1e-9).nonzero(as_tuple=True)
+        gt = b * boxes.shape[1] + g
+        if idx is not None:
+            sel = torch.isin(gt, idx)
+            gt, a = gt[sel], a[sel]
+        return gt, a
+
+    sparse = SparseIOU.from_candidates(anchors, boxes, source, 0.5, refine=(4.0, 16.0))
+    assert calls[0] == (None, 0.5) and len(calls) >= 2 and calls[1][1] == 0.125
+    for name, make in matchers(0.5).items():
+        assert torch.equal(make()(sparse), make()(dense)), name
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_from_grid_equals_dense(normalized):
+    """The CPU path as used: candidates from an AnchorGrid's windows (rectangular shapes,
+    several levels), small boxes refined at lower floors, the rest dense."""
+    from src.nn import AnchorGrid
+
+    grid = AnchorGrid((96, 128), steps=(8, 16, 32),
+                      sizes=[[(12, 12), (16, 24)], [(32, 32), (48, 24)], [(64, 64), (96, 96)]],
+                      normalized=normalized)
+    anchors = grid.anchors()
+    gen = torch.Generator().manual_seed(2)
+    boxes = random_gts(gen, 6, 9, size=96, lo=2.0, hi=80.0, dtype=torch.float32)
+    if normalized:
+        scale = torch.tensor([128.0, 96.0, 128.0, 96.0])
+        boxes = torch.where(boxes == -1, boxes, boxes / scale)
+    dense = BBoxBatchIOU()(anchors, boxes)
+    sparse = SparseIOU.from_grid(grid, boxes, 0.4)
+    assert sparse.rows.shape[1] < anchors.shape[0] // 2
+    for name, make in matchers(0.4).items():
+        assert torch.equal(make()(sparse), make()(dense)), name
+    assert torch.equal(sparse.max()[dense.amax(-1) >= 0.4], dense.amax(-1)[dense.amax(-1) >= 0.4])
+    with pytest.raises(ValueError, match="eps"):
+        SparseIOU.from_grid(grid, boxes, 0.4, eps=0.1)
