@@ -183,26 +183,46 @@ class SparseIOU:
         nf = flat.shape[0]
         real = ~is_padding(flat)
 
-        def stage(gt, anchor, t):
-            """Pairs worth a row, and each ground truth's count of pairs >= t."""
+        def stage(gt, anchor, t, trim):
+            """Pairs worth a row, and which ground truths have ``k`` pairs ``>= t``.
+
+            ``trim``: keep only each complete ground truth's ``k`` best pairs (ties included),
+            not every pair ``>= t`` (the refining stages, whose floors are below ``floor``).
+            """
             gt, anchor = gt.long(), anchor.long()
             # the same elementwise formula as the dense matrix: identical values
             iou = box_iou(anchors[anchor][:, None, :], flat[gt][:, None, :], offset)[:, 0, 0]
             best = iou.new_full((nf,), PAD_IOU).scatter_reduce(0, gt, iou, "amax")
-            keep = ((iou >= t) | (iou + eps >= best[gt])) & (iou > 0) & real[gt]
-            count = torch.bincount(gt[keep & (iou >= t)], minlength=nf)
-            return gt[keep], anchor[keep], count
+            ok = (iou > 0) & real[gt]
+            band = iou + eps >= best[gt]
+            if not trim:
+                keep = ((iou >= t) | band) & ok
+                complete = torch.bincount(gt[keep & (iou >= t)], minlength=nf) >= kk
+                return gt[keep], anchor[keep], complete
+            # k-th largest IoU of each ground truth: sort by (gt, IoU descending)
+            order = torch.argsort(iou, descending=True, stable=True)
+            order = order[torch.argsort(gt[order], stable=True)]
+            g_sorted = gt[order]
+            per_gt = torch.bincount(g_sorted, minlength=nf)
+            starts = per_gt.cumsum(0) - per_gt
+            rank = torch.arange(g_sorted.numel(), device=dev) - starts[g_sorted]
+            at_k = rank == kk - 1
+            kth = iou.new_full((nf,), float("-inf"))
+            kth[g_sorted[at_k]] = iou[order][at_k]
+            complete = kth >= t
+            keep = ((iou >= kth[gt]) | band) & ok & complete[gt]
+            return gt[keep], anchor[keep], complete
 
-        gt, anchor, count = stage(*candidates(None, floor), floor)
+        gt, anchor, complete = stage(*candidates(None, floor), floor, trim=False)
         gts, anchs = [gt], [anchor]
-        short = (real & (count < kk)).nonzero().squeeze(1)
+        short = (real & ~complete).nonzero().squeeze(1)
         for div in refine:  # small boxes: a lower floor, still from windows
             if not short.numel() or kk == 0:
                 break
-            gt, anchor, count = stage(*candidates(short, floor / div), floor / div)
+            gt, anchor, complete = stage(*candidates(short, floor / div), floor / div, trim=True)
             gts.append(gt)
             anchs.append(anchor)
-            short = short[count[short] < kk]
+            short = short[~complete[short]]
         if short.numel() and kk > 0:  # still short: the k best anchors from a dense column
             col = box_iou(anchors, flat[short], offset)  # (N, S)
             kth = col.topk(kk, dim=0).values[-1]  # (S,)

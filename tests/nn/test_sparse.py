@@ -273,3 +273,59 @@ def test_from_grid_equals_dense(normalized):
     assert torch.equal(sparse.max()[dense.amax(-1) >= 0.4], dense.amax(-1)[dense.amax(-1) >= 0.4])
     with pytest.raises(ValueError, match="eps"):
         SparseIOU.from_grid(grid, boxes, 0.4, eps=0.1)
+
+
+def test_crowd_of_tiny_boxes_through_refined_floors():
+    """Near-duplicate boxes far smaller than the anchors: none reaches the floor, so each
+    one's k best anchors come from the refining stages (trimmed to k, ties included), and
+    bipartite matching hands the later boxes their k-th best anchors."""
+    from src.nn import AnchorGrid
+
+    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
+                      normalized=False)
+    anchors = grid.anchors(dtype=torch.float64)
+    jitter = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0], [0, 2], [2, 2], [3, 1]],
+                          dtype=torch.float64)
+    crowd = torch.cat((20 + jitter, 26 + jitter), -1)  # eight 6 x 6 boxes
+    boxes = torch.stack((crowd, crowd + 17.5))
+    dense = BBoxBatchIOU()(anchors, boxes)
+    assert (dense.amax(1) < 0.5).all()
+    sparse = SparseIOU.from_grid(grid, boxes, 0.5)
+    for make in (lambda: BipartiteMatcher(share_max=False), lambda: BipartiteMatcher()):
+        got, want = make()(sparse), make()(dense)
+        assert torch.equal(got, want)
+        assert ((want >= 0).sum(1) == 8).all()  # every box of the crowd got an anchor
+    row_s, col_s = bipartite_matching(sparse)
+    assert torch.equal(col_s, bipartite_matching(dense)[1])
+
+
+def assert_guarantees(sparse, dense, floor):
+    """The builder's contract, checked against the dense IoU: every pair >= floor and each
+    ground truth's k best anchors with IoU > 0 (ties at the k-th value included) are rows."""
+    b, n, m = dense.shape
+    kept = torch.zeros(b, n + 1, dtype=torch.bool).scatter_(1, sparse.rows, True)[:, :n]
+    assert not ((dense >= floor).any(-1) & ~kept).any()
+    k = sparse.k
+    if k and n:
+        kth = dense.topk(k, dim=1).values[:, -1:, :]  # (B, 1, M)
+        need = ((dense >= kth) & (dense > 0)).any(-1)
+        assert not (need & ~kept).any()
+    # kept rows carry the dense values
+    ref = torch.gather(dense, 1, sparse.rows.clamp(max=n - 1)[..., None].expand(-1, -1, m))
+    used = sparse.rows < n
+    assert torch.equal(sparse.iou[used], ref[used])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_builder_guarantees(seed):
+    from src.nn import AnchorGrid
+
+    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
+                      normalized=False)
+    anchors = grid.anchors(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    boxes = random_gts(gen, 4, 8, lo=1.0, hi=40.0)  # tiny to large: every stage is used
+    dense = BBoxBatchIOU()(anchors, boxes)
+    for floor in (0.3, 0.6):
+        assert_guarantees(SparseIOU.from_grid(grid, boxes, floor), dense, floor)
+        assert_guarantees(build(anchors, boxes, floor, "minimal"), dense, floor)
