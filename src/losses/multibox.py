@@ -31,20 +31,29 @@ Options: ``landmark_loss`` ``smooth_l1`` (reference) | ``wing``; ``classificatio
 (with hard negative mining, reference) | ``focal`` (sigmoid focal loss on the logit difference,
 which for two classes is the softmax focal loss, over all priors, normalised by positives).
 
-Two exact implementations of steps 1-3 and 6 (``assignment``): ``dense`` as above, with no host
-synchronisation (the GPU path); ``windowed`` (``auto`` on CPU) computes the IoU (``box_iou``)
-only of the (face, prior) pairs that can reach IoU 0.2 (``AnchorGrid.candidates`` of
-``src.nn.anchor``: a few dozen priors per face instead of all 16,800 at 640 px), takes the
-maxima with ``scatter_reduce``, regresses boxes and landmarks of the positives only, and mines
-negatives with a ``topk`` preselection and ``select_top_k``. Same matches, losses and gradients
-(tests check it); about 8x faster than the reference's per-image loop at batch 32 / 640 px
-(``benchmarks/retinaface.py``), where the dense path is no faster than the loop on CPU.
+One matching, on the IoU of the priors that can matter (``assignment``): ``dense`` takes all of
+them (``BBoxBatchIOU``, no host synchronisation: the GPU path); ``windowed`` (``auto`` on CPU)
+takes the rows of a ``SparseIOU`` (``src.nn.sparse``) of the prior grid
+(``SparseIOU.from_grid(anchor_grid(...), boxes, floor=overlap_thresh, k=1)``: the priors with an
+IoU >= ``overlap_thresh`` with some face, found from ``AnchorGrid`` windows, and each face's best
+priors, with their exact IoU against every face of the image: a few hundred priors per image
+instead of 16,800 at 640 px) and scatters the result back to all priors. Why that is exact (in
+fixed matching): every prior with a threshold match is a row, with its exact IoU against every
+face, so ``MaximumMatcher`` gives the same best face (first on ties); ``k=1`` keeps each face's
+best priors with IoU > 0, ties included, in ascending prior order, so its best IoU (hence
+whether it is ignored) and its first best prior are exact; a face that overlaps no prior has
+best IoU 0 and is ignored (the thresholds must be > 0, else dense). ``reference_matching``
+always runs dense (an ignored face forces its best prior even at IoU 0: prior 0, which no
+sparse structure knows). The windowed path then regresses boxes and landmarks of the positives
+only (found from the ``(B, P)`` matches) and mines negatives with one sorted ``topk`` of the
+logit difference. Same matches, losses and gradients (tests check it); about 8x faster than the
+reference's per-image loop at batch 32 / 640 px (``benchmarks/retinaface.py``), where the dense
+path is no faster than the loop on CPU.
 
 The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
-``src.nn.force_best_anchors``; the candidate pairs are ``src.nn.anchor.AnchorGrid.candidates``
-(any anchor-grid detector). What could still move into ``src/nn``: the sparse maximum matching
-over candidate pairs; and ``HardNegativeSampler`` could preselect with ``topk`` instead of a
-full sort.
+``src.nn.force_best_anchors``; the sparse IoU is ``src.nn.sparse.SparseIOU`` (any anchor-grid
+detector: its matchers and samplers take it in place of the dense IoU). What could still move
+into ``src/nn``: ``HardNegativeSampler`` could preselect with ``topk`` instead of a full sort.
 """
 from __future__ import annotations
 
@@ -63,11 +72,11 @@ from src.nn import (
     NormalizedBoxCenterEncoder,
     NormalizedLandmarkCenterEncoder,
     force_best_anchors,
-    select_top_k,
 )
 from src.nn.bbox import center_to_corner, is_padding
 from src.nn.coder import gather_matched
-from src.ops import box_iou, sigmoid_focal_loss, smooth_l1_loss, wing_loss
+from src.nn.sparse import SparseIOU
+from src.ops import sigmoid_focal_loss, smooth_l1_loss, wing_loss
 
 __all__ = ["MultiBoxLoss", "MultiBoxTargets"]
 
@@ -106,12 +115,11 @@ class MultiBoxLoss(nn.Module):
             ``focal_gamma``, over all priors).
         reference_matching: True restores the reference's matching bug (see module doc).
         assignment: ``dense`` computes the IoU of every prior with every face (no host
-            synchronisation; the GPU path); ``windowed`` only the (face, prior) pairs that can
-            reach IoU ``min(ignore_thresh, overlap_thresh)`` (``AnchorGrid.candidates``: exact, much
-            less work, one host sync for the pair count); ``auto`` = windowed on CPU when
-            ``image_size`` is given and the priors are the grid of ``min_sizes`` / ``steps``,
-            else dense. ``reference_matching`` always runs dense (an ignored face's best prior
-            may have any IoU).
+            synchronisation; the GPU path); ``windowed`` only that of the priors that can
+            matter (a ``SparseIOU`` of the prior grid: exact, much less work, a few host
+            syncs for sizes); ``auto`` = windowed on CPU when ``image_size`` is given and the
+            priors are the grid of ``min_sizes`` / ``steps``, else dense. ``reference_matching``
+            and thresholds <= 0 always run dense (a face's best prior may then have IoU 0).
 
     ``forward(predictions, priors, boxes, labels, landmarks, image_size=None)``:
         predictions: ``(loc (B, P, 4), conf (B, P, 2) logits, landm (B, P, 10))``;
@@ -181,37 +189,69 @@ class MultiBoxLoss(nn.Module):
 
     # ---- target assignment -----------------------------------------------------------
     @torch.no_grad()
-    def match(self, priors: Tensor, boxes: Tensor) -> Tensor:
-        """``(B, P)`` index of the face each prior is assigned to, -1 for background."""
+    def match(self, priors: Tensor, boxes: Tensor,
+              image_size: tuple[int, int] | None = None) -> Tensor:
+        """``(B, P)`` index of the face each prior is assigned to, -1 for background.
+
+        One matching (``_match_rows``) on the IoU of the priors that can matter: all of them
+        (``BBoxBatchIOU``, dense), or, when ``image_size`` is given and the assignment is
+        windowed (see ``assignment``), the rows of a ``SparseIOU`` of the prior grid, scattered
+        back to all priors (the others are background); the same result either way."""
         bsz, p = boxes.shape[0], priors.shape[0]
         if boxes.shape[1] == 0:
             return torch.full((bsz, p), -1, dtype=torch.long, device=boxes.device)
         anchors = center_to_corner(priors.to(boxes.dtype))
-        iou = self.iou(anchors, boxes)  # (B, P, M), -1 for padding faces
         pad = is_padding(boxes)  # (B, M)
-        best_iou, best_prior = iou.max(dim=1)  # (B, M) first best prior per face
+        if not self._windowed(priors, image_size, boxes.device):
+            return self._match_rows(self.iou(anchors, boxes), pad)  # (B, P, M), -1 padding
+        grid = anchor_grid(tuple(image_size), self.min_sizes, self.steps)
+        # k=1: each face's best priors (ties included) with exact IoU; floor: every pair with
+        # IoU >= overlap_thresh, in rows exact against every face (see _floor)
+        iou = SparseIOU.from_grid(grid, boxes, floor=self._floor, k=1, anchors=anchors)
+        iou.check_threshold(type(self).__name__, "overlap_thresh", self.overlap_thresh)
+        return iou.expand(self._match_rows(iou.iou, pad), -1)
+
+    def _match_rows(self, iou: Tensor, pad: Tensor) -> Tensor:
+        """Matching on ``(B, R, M)`` IoU rows (-1 for padding faces, -inf for unused rows) that
+        hold, in ascending prior order, every prior with an IoU >= ``overlap_thresh`` and each
+        face's best priors: ``(B, R)`` face index or -1."""
+        bsz, r, m = iou.shape
+        if r == 0:  # no prior overlaps any face (windowed)
+            return torch.full((bsz, 0), -1, dtype=torch.long, device=iou.device)
+        best_iou, best_row = iou.max(dim=1)  # (B, M) first best prior per face
         valid = (best_iou >= self.ignore_thresh) & ~pad
-        by_valid = force_best_anchors(best_prior, valid, p)
+        by_valid = force_best_anchors(best_row, valid, r)
         by_threshold = self.matcher(iou)  # best face where IoU >= overlap_thresh
         if not self.reference_matching:
             return torch.where(by_valid >= 0, by_valid, by_threshold)
-        # reference: every face forces (the last one wins); positives are still the priors
-        # forced by a kept face or above the threshold; an image without any kept face is all
-        # background (the reference's early return)
-        by_any = force_best_anchors(best_prior, ~pad, p)
+        # reference (dense IoU only, see _windowed): every face forces (the last one wins);
+        # positives are still the priors forced by a kept face or above the threshold; an
+        # image without any kept face is all background (the reference's early return)
+        by_any = force_best_anchors(best_row, ~pad, r)
         pos = ((by_valid >= 0) | (by_threshold >= 0)) & valid.any(dim=1, keepdim=True)
         assigned = torch.where(by_any >= 0, by_any, by_threshold)
         return torch.where(pos, assigned, torch.full_like(assigned, -1))
 
+    @property
+    def _floor(self) -> float:
+        """The ``SparseIOU`` floor of windowed fixed matching: only the threshold matches need
+        every pair above a floor (``overlap_thresh``); which faces are ignored and which prior
+        each kept face forces need only each face's best priors, which ``k=1`` keeps (ties
+        included) whatever their IoU. 0 when a threshold is <= 0 (a face without any overlap
+        would then count: dense only)."""
+        if min(self.ignore_thresh, self.overlap_thresh) <= 0:
+            return 0.0
+        return self.overlap_thresh
+
     @torch.no_grad()
-    def assign(self, priors: Tensor, boxes: Tensor, labels: Tensor,
-               landmarks: Tensor) -> MultiBoxTargets:
+    def assign(self, priors: Tensor, boxes: Tensor, labels: Tensor, landmarks: Tensor,
+               image_size: tuple[int, int] | None = None) -> MultiBoxTargets:
         """Matches and encoded targets for a batch (see ``forward`` for the shapes)."""
         if boxes.shape[1] == 0:  # no face in the whole batch: one padding row keeps shapes
             boxes = boxes.new_full((boxes.shape[0], 1, 4), -1.0)
             labels = labels.new_full((labels.shape[0], 1), -1)
             landmarks = landmarks.new_full((landmarks.shape[0], 1, 10), -1.0)
-        matches = self.match(priors, boxes)
+        matches = self.match(priors, boxes, image_size)
         samples = (matches >= 0).to(boxes.dtype)
         anchors = center_to_corner(priors.to(boxes.dtype))
         loc_t, _ = self.box_encoder(samples, matches, anchors, boxes)
@@ -224,7 +264,16 @@ class MultiBoxLoss(nn.Module):
 
     # ---- windowed assignment ------------------------------------------------------------
     def _windowed(self, priors: Tensor, image_size, device: torch.device) -> bool:
+        """Whether to assign on a ``SparseIOU`` of the prior grid. Never with
+        ``reference_matching`` (an ignored face forces its best prior even at IoU 0: prior 0)
+        nor with a threshold <= 0 (a face with no overlap at all would then count)."""
         if self.reference_matching or image_size is None or self.assignment == "dense":
+            return False
+        if self._floor <= 0:
+            if self.assignment == "windowed":
+                raise ValueError(f"MultiBoxLoss: assignment=windowed needs ignore_thresh and "
+                                 f"overlap_thresh > 0, got {self.ignore_thresh} and "
+                                 f"{self.overlap_thresh}")
             return False
         fits = priors.shape[0] == num_priors(tuple(image_size), self.min_sizes, self.steps)
         if fits:  # the same grid (cached tensors: usually the very same object)
@@ -238,45 +287,6 @@ class MultiBoxLoss(nn.Module):
             return True
         return fits and device.type == "cpu"
 
-    @torch.no_grad()
-    def match_windowed(self, priors: Tensor, boxes: Tensor,
-                       image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        """As ``match`` (fixed matching), from the candidate pairs of the prior grid
-        (``AnchorGrid.candidates``).
-
-        Returns ``(matches (B, P), pos_face (K,), pos_key (K,))``: the positives as flat face
-        indices into ``boxes.reshape(-1, 4)`` and flat prior keys ``b * P + p``.
-        """
-        bsz, m = boxes.shape[:2]
-        p = priors.shape[0]
-        dev = boxes.device
-        grid = anchor_grid(image_size, self.min_sizes, self.steps)
-        face, prior = grid.candidates(boxes, min(self.ignore_thresh, self.overlap_thresh))
-        flat = boxes.reshape(-1, 4)
-        anchors = center_to_corner(priors.to(boxes.dtype))[prior]
-        iou = box_iou(anchors[:, None, :], flat[face][:, None, :])[:, 0, 0]  # (N,)
-        nf = flat.shape[0]
-        # each face's best prior (first on ties: pairs are in ascending prior order)
-        best = iou.new_full((nf,), -1.0).scatter_reduce(0, face, iou, "amax")
-        big = torch.iinfo(torch.long).max
-        at_best = torch.where(iou == best[face], prior, torch.full_like(prior, big))
-        best_prior = torch.full((nf,), big, dtype=torch.long, device=dev).scatter_reduce(
-            0, face, at_best, "amin")
-        valid = (best >= self.ignore_thresh).reshape(bsz, m)
-        best_prior = torch.where(valid.reshape(-1), best_prior, 0).reshape(bsz, m)
-        by_valid = force_best_anchors(best_prior, valid, p)
-        # each prior's best face where IoU >= overlap_thresh (first face on ties)
-        key = torch.div(face, m, rounding_mode="floor") * p + prior
-        top = iou.new_full((bsz * p,), -1.0).scatter_reduce_(0, key, iou, "amax")
-        hit = (iou == top[key]) & (iou >= self.overlap_thresh)
-        mm = face % m
-        by_thr = torch.full((bsz * p,), m, dtype=torch.long, device=dev).scatter_reduce_(
-            0, key, torch.where(hit, mm, torch.full_like(mm, m)), "amin")
-        by_thr = by_thr.masked_fill_(by_thr == m, -1).reshape(bsz, p)
-        matches = torch.where(by_valid >= 0, by_valid, by_thr)
-        is_pos = matches.reshape(-1)[key] == mm  # one pair per positive prior
-        return matches, face[is_pos], key[is_pos]
-
     # ---- loss ------------------------------------------------------------------------
     def _regression(self, loc, loc_t, pos, landm, landm_t, landm_pos):
         """Summed box and landmark losses over the masked rows (any leading shape)."""
@@ -289,22 +299,28 @@ class MultiBoxLoss(nn.Module):
         loss_landm = (per * landm_pos.unsqueeze(-1).to(landm.dtype)).sum()
         return loss_loc, loss_landm
 
-    def _mined_ce_sparse(self, conf: Tensor, pos: Tensor) -> Tensor:
+    def _mined_ce_sparse(self, conf: Tensor, pos: Tensor,
+                         num_pos: Tensor | None = None) -> Tensor:
         """Summed cross-entropy over the positives and the hard negatives, computed on those
         rows only (the host-synchronising path): the same negatives as ``HardNegativeSampler``
         (the ``floor(ratio * num_pos)`` largest background losses of each image; ties may pick
-        other priors of equal loss), preselected with ``topk`` instead of a full sort."""
+        other priors of equal loss), from one sorted ``topk`` of the logit difference (the
+        background loss ``softplus(conf[1] - conf[0])`` increases with it) instead of a full
+        sort."""
         with torch.no_grad():
-            bg = F.softplus(conf[..., 1] - conf[..., 0])  # -log softmax(conf)[..., 0]
-            num_pos = pos.sum(dim=1)
+            if num_pos is None:  # (B,) positives per image
+                num_pos = pos.sum(dim=1)
             num_neg = torch.minimum(
                 torch.floor(num_pos.to(torch.float64) * self.neg_pos_ratio).long(),
                 pos.shape[1] - num_pos)
             k = int(num_neg.max()) if num_neg.numel() else 0
             chosen = pos.clone()
             if k > 0:
-                vals, idx = torch.where(pos, float("-inf"), bg).topk(k, dim=1, sorted=False)
-                neg = select_top_k(vals, vals > float("-inf"), num_neg)
+                lowest = float("-inf")
+                diff = (conf[..., 1] - conf[..., 0]).nan_to_num_(nan=lowest)
+                vals, idx = diff.masked_fill_(pos, lowest).topk(k, dim=1)  # descending
+                rank = torch.arange(k, device=pos.device)
+                neg = (rank < num_neg[:, None]) & (vals > lowest)
                 chosen.scatter_(1, idx, neg | chosen.gather(1, idx))
             rows = chosen.reshape(-1).nonzero().squeeze(1)
         picked = conf.reshape(-1, conf.shape[-1])[rows]
@@ -322,12 +338,16 @@ class MultiBoxLoss(nn.Module):
             landmarks = landmarks.new_full((bsz, 1, 10), -1.0)
         windowed = self._windowed(priors, image_size, loc.device)
         if windowed:
-            matches, face, key = self.match_windowed(priors, boxes, tuple(image_size))
-            with torch.no_grad():
-                k = face.shape[0]
-                ones = torch.ones(1, k, dtype=loc.dtype, device=loc.device)
-                prior = key % priors.shape[0]
-                anchors = center_to_corner(priors.to(loc.dtype))[prior]
+            matches = self.match(priors, boxes, image_size)
+            pos = matches >= 0  # (B, P)
+            with torch.no_grad():  # the positives: flat prior keys b * P + p and their faces
+                key = pos.reshape(-1).nonzero().squeeze(1)
+                img = torch.div(key, priors.shape[0], rounding_mode="floor")
+                prior = key - img * priors.shape[0]
+                face = img * boxes.shape[1] + matches[img, prior]  # into boxes.reshape(-1, 4)
+                pos_per_image = torch.bincount(img, minlength=bsz)
+                ones = torch.ones(1, face.shape[0], dtype=loc.dtype, device=loc.device)
+                anchors = center_to_corner(priors[prior].to(loc.dtype))
                 fid = face[None]
                 loc_t = self.box_encoder(ones, fid, anchors, boxes.reshape(1, -1, 4))[0][0]
                 landm_t, lm_mask = self.landm_encoder(ones, fid, anchors,
@@ -343,8 +363,8 @@ class MultiBoxLoss(nn.Module):
             landm_pos = t.landm_mask
             loss_loc, loss_landm = self._regression(loc, t.loc, t.positive, landm, t.landm,
                                                     landm_pos)
-        pos = matches >= 0  # (B, P)
-        num_pos = pos.sum()
+            pos = t.positive  # (B, P)
+        num_pos = pos_per_image.sum() if windowed else pos.sum()
         n = num_pos.clamp(min=1).to(loc.dtype)
         loss_loc = loss_loc / n
         loss_landm = loss_landm / landm_pos.sum().clamp(min=1).to(loc.dtype)
@@ -355,7 +375,7 @@ class MultiBoxLoss(nn.Module):
             loss_cls = sigmoid_focal_loss(logit, target.reshape(-1), alpha=self.focal_alpha,
                                           gamma=self.focal_gamma, normalization="positive")
         elif windowed:
-            loss_cls = self._mined_ce_sparse(conf, pos) / n
+            loss_cls = self._mined_ce_sparse(conf, pos, pos_per_image) / n
         else:
             logp = F.log_softmax(conf, dim=-1)  # (B, P, 2)
             # hard negative mining on the background cross-entropy

@@ -312,9 +312,12 @@ def test_windowed_assignment_equals_dense(size):
     for a, b in zip(torch.autograd.grad(dense["loss"], preds),
                     torch.autograd.grad(windowed["loss"], preds)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    boxes = R.pad_targets(targets)[0]
     crit = MultiBoxLoss()
-    matches, _, _ = crit.match_windowed(priors, R.pad_targets(targets)[0], size)
-    assert torch.equal(matches, crit.match(priors, R.pad_targets(targets)[0]))
+    assert crit._windowed(priors, size, boxes.device)
+    dense = MultiBoxLoss(assignment="dense").match(priors, boxes, size)
+    assert torch.equal(crit.match(priors, boxes, size), dense)
+    assert torch.equal(crit.match(priors, boxes), dense)  # no image_size: dense
 
 
 def test_auto_assignment_choice_and_windowed_edge_cases():
@@ -333,3 +336,125 @@ def test_auto_assignment_choice_and_windowed_edge_cases():
     out = MultiBoxLoss(assignment="windowed")(preds, P640, *R.pad_targets(t),
                                                image_size=(SIZE, SIZE))
     assert float(out["loss"]) == 0.0
+
+
+# windowed edge cases on a 256 px grid: coordinates k / 256 are exact binary fractions, so
+# priors that tie in IoU tie exactly in float64 and float32
+S256 = 256
+P256 = prior_boxes((S256, S256), dtype=F64)
+
+
+def _face256(x1, y1, x2, y2, label=1.0):
+    pts = [(x1 + x2) / 2, (y1 + y2) / 2] * 5
+    return torch.tensor([[x1, y1, x2, y2, *pts, label]], dtype=F64) / torch.tensor(
+        [S256] * 14 + [1.0], dtype=F64)
+
+
+def _p256(row: int, col: int, anchor: int = 0) -> int:  # level 0 (8 px cells, 32 x 32)
+    return (row * 32 + col) * 2 + anchor
+
+
+def _edge_case_targets():
+    """A batch with tiny faces below every floor, tied best priors, a face kept below
+    overlap_thresh, shared best priors, faces overlapping no prior, and padding rows."""
+    return [
+        # tiny faces: 2 px (best IoU 4/256, below the SparseIOU's refined floors: dense
+        # column), 5 px (25/256), 9 px (81/256 in [0.2, 0.35): kept, forces its prior)
+        torch.cat([_face256(11, 11, 13, 13), _face256(42, 42, 47, 47, -1.0),
+                   _face256(72, 72, 81, 81)]),
+        # 8 x 10 face centred between the 16 px priors of cells (1, 1) and (1, 2): both have
+        # IoU 80/256 = 0.3125 (kept face, below overlap_thresh): only the first is forced
+        _face256(12, 7, 20, 17),
+        # two kept faces with the same best prior (the later wins), a tiny ignored face on it
+        # too (steals nothing), and a face far outside the image (IoU 0 with every prior)
+        torch.cat([_face256(100, 100, 116, 116), _face256(101, 101, 116, 116),
+                   _face256(107, 107, 109, 109), _face256(900, 900, 910, 910)]),
+        torch.zeros(0, 15, dtype=F64),  # no face: all padding rows
+        # only a face outside the image: an image without any SparseIOU row
+        _face256(-300, -300, -290, -290),
+        # a large face (many priors above overlap_thresh) next to a tiny one
+        torch.cat([_face256(130, 20, 250, 150, -1.0), _face256(120, 200, 123, 203)]),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_windowed_edge_cases_equal_dense_and_reference(dtype):
+    targets = _edge_case_targets()
+    priors = P256.to(dtype)
+    boxes, labels, landms = R.pad_targets(targets, dtype)
+    size = (S256, S256)
+    windowed, dense = MultiBoxLoss(assignment="windowed"), MultiBoxLoss(assignment="dense")
+    m_w = windowed.match(priors, boxes, size)
+    m_d = dense.match(priors, boxes, size)
+    assert torch.equal(m_w, m_d)
+    # hand-worked expectations
+    first, second = _p256(1, 1), _p256(1, 2)
+    iou = R.jaccard(boxes[1, :1].double(), R.point_form(priors.double()))[0]
+    assert iou[first] == iou[second] == iou.max() == 80 / 256
+    assert m_w[1, first] == 0 and m_w[1, second] == -1 and int((m_w[1] >= 0).sum()) == 1
+    assert int((m_w[0] >= 0).sum()) == 1 and m_w[0, _p256(9, 9)] == 2  # the 9 px face only
+    assert m_w[2, _p256(13, 13)] == 1  # the later of the two faces on that prior
+    assert not (m_w[3:5] >= 0).any()
+    if dtype == F64:
+        t = windowed.assign(priors, boxes, labels, landms, image_size=size)
+        assert torch.equal(t.matches, m_w)
+        _check_targets_equal(t, priors, targets, fixed=True)
+    # losses and gradients
+    preds = [p.requires_grad_() for p in predictions(len(targets), priors.shape[0], seed=4,
+                                                     dtype=dtype)]
+    out_w = windowed(preds, priors, boxes, labels, landms, image_size=size)
+    out_d = dense(preds, priors, boxes, labels, landms, image_size=size)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-5, atol=1e-6)
+    for k in out_d:
+        torch.testing.assert_close(out_w[k], out_d[k], **tol)
+    for a, b in zip(torch.autograd.grad(out_w["loss"], preds),
+                    torch.autograd.grad(out_d["loss"], preds)):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_windowed_without_any_overlapping_face():
+    # every face lies outside the image: the SparseIOU has no row at all
+    targets = [_face256(-300, -300, -290, -290), _face256(900, 900, 910, 910),
+               torch.zeros(0, 15, dtype=F64)]
+    boxes, labels, landms = R.pad_targets(targets)
+    crit = MultiBoxLoss(assignment="windowed")
+    assert not (crit.match(P256, boxes, (S256, S256)) >= 0).any()
+    preds = [p.requires_grad_() for p in predictions(3, P256.shape[0], seed=1)]
+    out = crit(preds, P256, boxes, labels, landms, image_size=(S256, S256))
+    assert float(out["loss"].detach()) == 0.0 and float(out["num_pos"]) == 0.0
+    out["loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in preds)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_windowed_random_crowds_equal_dense(seed):
+    # dense crowds of faces of every size, near-duplicates included (ties between faces)
+    g = torch.Generator().manual_seed(seed)
+    targets = random_targets(6, S256, seed=100 + seed, max_faces=25)
+    targets[1] = torch.cat([targets[1], targets[1][:3]])  # duplicate faces
+    boxes, labels, landms = R.pad_targets(targets)
+    size = (S256, S256)
+    m_w = MultiBoxLoss(assignment="windowed").match(P256, boxes, size)
+    m_d = MultiBoxLoss(assignment="dense").match(P256, boxes, size)
+    assert torch.equal(m_w, m_d)
+    preds = [p.requires_grad_() for p in predictions(6, P256.shape[0],
+                                                     seed=int(torch.randint(99, (1,),
+                                                                            generator=g)))]
+    out_w = MultiBoxLoss(assignment="windowed")(preds, P256, boxes, labels, landms,
+                                                image_size=size)
+    ref = R.reference_loss(preds, P256, targets, fixed=True)
+    for k in ("loss", "loc", "cls", "landm"):
+        torch.testing.assert_close(out_w[k], ref[k], rtol=1e-10, atol=1e-12)
+
+
+def test_windowed_needs_positive_thresholds():
+    pri = prior_boxes((64, 64))
+    # with a threshold of 0 a face without any overlap counts (it forces prior 0): dense
+    assert not MultiBoxLoss(ignore_thresh=0.0)._windowed(pri, (64, 64), torch.device("cpu"))
+    with pytest.raises(ValueError, match="thresh"):
+        MultiBoxLoss(ignore_thresh=0.0, assignment="windowed")._windowed(
+            pri, (64, 64), torch.device("cpu"))
+    boxes, _, _ = R.pad_targets([_face(-300, -300, -290, -290), _face(100, 100, 116, 116)])
+    out = MultiBoxLoss(ignore_thresh=0.0).match(P640, boxes, (SIZE, SIZE))
+    assert out[0, 0] == 0 and out[1, 0] == -1  # the argmax of an all-zero IoU column
+    assert MultiBoxLoss().match(P640, boxes, (SIZE, SIZE))[0, 0] == -1
