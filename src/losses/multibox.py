@@ -34,15 +34,17 @@ which for two classes is the softmax focal loss, over all priors, normalised by 
 One matching, on the IoU of the priors that can matter (``assignment``): ``dense`` takes all of
 them (``BBoxBatchIOU``, no host synchronisation: the GPU path); ``windowed`` (``auto`` on CPU)
 takes the rows of a ``SparseIOU`` (``src.nn.sparse``) of the prior grid
-(``SparseIOU.from_grid(anchor_grid(...), boxes, floor=overlap_thresh, k=1)``: the priors with an
+(``SparseIOU.from_grid(anchor_grid(...), boxes, floor=overlap_thresh, k=1,
+k_floor=ignore_thresh)``: the priors with an
 IoU >= ``overlap_thresh`` with some face, found from ``AnchorGrid`` windows, and each face's best
 priors, with their exact IoU against every face of the image: a few hundred priors per image
 instead of 16,800 at 640 px) and scatters the result back to all priors. Why that is exact (in
 fixed matching): every prior with a threshold match is a row, with its exact IoU against every
 face, so ``MaximumMatcher`` gives the same best face (first on ties); ``k=1`` keeps each face's
-best priors with IoU > 0, ties included, in ascending prior order, so its best IoU (hence
-whether it is ignored) and its first best prior are exact; a face that overlaps no prior has
-best IoU 0 and is ignored (the thresholds must be > 0, else dense). ``reference_matching``
+best priors where their IoU is >= ``ignore_thresh``, ties included, in ascending prior order,
+so whether a face is ignored and a kept face's first best prior are exact; a face without such
+a prior reports a best IoU below ``ignore_thresh`` and is ignored (the thresholds must be > 0,
+else dense). ``reference_matching``
 always runs dense (an ignored face forces its best prior even at IoU 0: prior 0, which no
 sparse structure knows). The windowed path then regresses boxes and landmarks of the positives
 only (found from the ``(B, P)`` matches) and mines negatives with one sorted ``topk`` of the
@@ -52,8 +54,7 @@ path is no faster than the loop on CPU.
 
 The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
 ``src.nn.force_best_anchors``; the sparse IoU is ``src.nn.sparse.SparseIOU`` (any anchor-grid
-detector: its matchers and samplers take it in place of the dense IoU). What could still move
-into ``src/nn``: ``HardNegativeSampler`` could preselect with ``topk`` instead of a full sort.
+detector: its matchers and samplers take it in place of the dense IoU).
 """
 from __future__ import annotations
 
@@ -205,9 +206,11 @@ class MultiBoxLoss(nn.Module):
         if not self._windowed(priors, image_size, boxes.device):
             return self._match_rows(self.iou(anchors, boxes), pad)  # (B, P, M), -1 padding
         grid = anchor_grid(tuple(image_size), self.min_sizes, self.steps)
-        # k=1: each face's best priors (ties included) with exact IoU; floor: every pair with
-        # IoU >= overlap_thresh, in rows exact against every face (see _floor)
-        iou = SparseIOU.from_grid(grid, boxes, floor=self._floor, k=1, anchors=anchors)
+        # k=1: each face's best priors (ties included) with exact IoU where that IoU is >=
+        # ignore_thresh (k_floor: the others are ignored, reported below it); floor: every pair
+        # with IoU >= overlap_thresh, in rows exact against every face (see _floor)
+        iou = SparseIOU.from_grid(grid, boxes, floor=self._floor, k=1, anchors=anchors,
+                                  k_floor=min(self.ignore_thresh, self._floor))
         iou.check_threshold(type(self).__name__, "overlap_thresh", self.overlap_thresh)
         return iou.expand(self._match_rows(iou.iou, pad), -1)
 
@@ -237,8 +240,8 @@ class MultiBoxLoss(nn.Module):
         """The ``SparseIOU`` floor of windowed fixed matching: only the threshold matches need
         every pair above a floor (``overlap_thresh``); which faces are ignored and which prior
         each kept face forces need only each face's best priors, which ``k=1`` keeps (ties
-        included) whatever their IoU. 0 when a threshold is <= 0 (a face without any overlap
-        would then count: dense only)."""
+        included) where their IoU is >= ``ignore_thresh`` (``k_floor``). 0 when a threshold
+        is <= 0 (a face without any overlap would then count: dense only)."""
         if min(self.ignore_thresh, self.overlap_thresh) <= 0:
             return 0.0
         return self.overlap_thresh

@@ -8,7 +8,9 @@ anchor order), and guarantees for the rows it leaves out:
 
 * every pair with IoU ``>= floor`` is kept (so an absent row's best IoU is below ``floor``);
 * each ground truth's ``k`` best anchors with IoU > 0 are kept, ties at the ``k``-th value
-  included, as are anchors within ``eps`` of its best IoU (``k = min(N, M)`` by default).
+  included, as are anchors within ``eps`` of its best IoU (``k = min(N, M)`` by default);
+  with ``k_floor > 0``, only its ``k`` best with IoU ``>= k_floor`` (a consumer that ignores
+  boxes whose best IoU is below ``k_floor`` needs no more).
 
 That is what makes the toolkit's matchers and samplers exact on it (they accept a ``SparseIOU``
 wherever they accept a dense ``(B, N, M)`` IoU and return the same ``(B, N)`` result):
@@ -55,7 +57,9 @@ class SparseIOU:
             padding ground truths, ``-inf`` in unused slots).
         num_anchors: N.
         floor: every pair with IoU ``>= floor`` is kept.
-        k: every ground truth's ``k`` best anchors with IoU > 0 are kept (ties included).
+        k: every ground truth's ``k`` best anchors with IoU > 0 (``>= k_floor``) are kept
+            (ties included).
+        k_floor: see ``k``; 0 for the full guarantee.
         eps: anchors within ``eps`` of a ground truth's best IoU are kept.
         has_gt: ``(B,)`` bool, the image has at least one real ground truth.
     """
@@ -67,6 +71,7 @@ class SparseIOU:
     k: int
     eps: float
     has_gt: torch.Tensor
+    k_floor: float = 0.0
 
     # ---- shape ------------------------------------------------------------------------
     @property
@@ -128,6 +133,9 @@ class SparseIOU:
                              f"ground truth, bipartite matching needs {min(self.num_anchors, m)}")
         if eps > self.eps:
             raise ValueError(f"{owner}: eps={eps} exceeds the SparseIOU's eps={self.eps}")
+        if threshold < self.k_floor:
+            raise ValueError(f"{owner}: threshold={threshold} is below the SparseIOU's "
+                             f"k_floor={self.k_floor}; build it with k_floor <= {threshold}")
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -157,15 +165,17 @@ class SparseIOU:
     @torch.no_grad()
     def from_candidates(cls, anchors: torch.Tensor, boxes: torch.Tensor, candidates,
                         floor: float, k: int | None = None, eps: float = 1e-12,
-                        offset: float = 0, refine: tuple[float, ...] = (3.0, 9.0)
-                        ) -> SparseIOU:
+                        offset: float = 0, refine: tuple[float, ...] = (3.0, 9.0),
+                        k_floor: float = 0.0) -> SparseIOU:
         """Build from a candidate source ``candidates(gt_index, min_iou) -> (gt, anchor)``.
 
         The source returns int64 pairs (``gt`` indexing ``boxes.reshape(-1, 4)``) including
         every pair with IoU ``>= min_iou - eps``, for all ground truths (``gt_index`` None, the
         first call, at ``floor``) or for the int64 subset ``gt_index``. Ground truths with fewer
         than ``k`` pairs at ``floor`` are asked again at ``floor / refine[i]`` (cheap windows for
-        small boxes); those still short get their IoU with every anchor. Other arguments as
+        small boxes); those still short get their IoU with every anchor. With ``k_floor > 0``
+        the lowered floors stop at ``k_floor`` and nothing is dense: a box keeps its ``k`` best
+        pairs with IoU ``>= k_floor`` (all of them when it has fewer). Other arguments as
         ``from_pairs``.
         """
         if not 0 < floor <= 1:
@@ -183,11 +193,17 @@ class SparseIOU:
         nf = flat.shape[0]
         real = ~is_padding(flat)
 
-        def stage(gt, anchor, t, trim):
+        if not 0 <= k_floor <= floor:
+            raise ValueError(f"SparseIOU: k_floor must be in [0, floor={floor}], got {k_floor}")
+        if k_floor > 0:  # lowered floors stop at k_floor, the last one is k_floor itself
+            refine = tuple(d for d in refine if floor / d > k_floor) + (floor / k_floor,)
+
+        def stage(gt, anchor, t, trim, last=False):
             """Pairs worth a row, and which ground truths have ``k`` pairs ``>= t``.
 
             ``trim``: keep only each complete ground truth's ``k`` best pairs (ties included),
-            not every pair ``>= t`` (the refining stages, whose floors are below ``floor``).
+            not every pair ``>= t`` (the refining stages, whose floors are below ``floor``);
+            ``last``: the others keep all their pairs ``>= t`` (the ``k_floor`` stage).
             """
             gt, anchor = gt.long(), anchor.long()
             # the same elementwise formula as the dense matrix: identical values
@@ -211,19 +227,23 @@ class SparseIOU:
             kth[g_sorted[at_k]] = iou[order][at_k]
             complete = kth >= t
             keep = ((iou >= kth[gt]) | band) & ok & complete[gt]
+            if last:
+                keep |= ok & ~complete[gt] & ((iou >= t) | band)
             return gt[keep], anchor[keep], complete
 
         gt, anchor, complete = stage(*candidates(None, floor), floor, trim=False)
         gts, anchs = [gt], [anchor]
         short = (real & ~complete).nonzero().squeeze(1)
-        for div in refine:  # small boxes: a lower floor, still from windows
+        for i, div in enumerate(refine):  # small boxes: a lower floor, still from windows
             if not short.numel() or kk == 0:
                 break
-            gt, anchor, complete = stage(*candidates(short, floor / div), floor / div, trim=True)
+            last = k_floor > 0 and i == len(refine) - 1
+            t = k_floor if last else floor / div
+            gt, anchor, complete = stage(*candidates(short, t), t, trim=True, last=last)
             gts.append(gt)
             anchs.append(anchor)
             short = short[~complete[short]]
-        if short.numel() and kk > 0:  # still short: the k best anchors from a dense column
+        if short.numel() and kk > 0 and k_floor <= 0:  # still short: k best from a dense column
             col = box_iou(anchors, flat[short], offset)  # (N, S)
             kth = col.topk(kk, dim=0).values[-1]  # (S,)
             top = col.max(dim=0).values
@@ -249,11 +269,12 @@ class SparseIOU:
         sub = sub.masked_fill_(is_padding(boxes)[:, None, :], PAD_IOU)
         sub = sub.masked_fill_(~used[..., None], float("-inf"))
         has_gt = real.reshape(bsz, m).any(dim=1)
-        return cls(rows, sub, n, float(floor), kk, float(eps), has_gt)
+        return cls(rows, sub, n, float(floor), kk, float(eps), has_gt, float(k_floor))
 
     @classmethod
     def from_grid(cls, grid, boxes: torch.Tensor, floor: float, k: int | None = None,
-                  eps: float = 1e-12, anchors: torch.Tensor | None = None) -> SparseIOU:
+                  eps: float = 1e-12, anchors: torch.Tensor | None = None,
+                  k_floor: float = 0.0) -> SparseIOU:
         """Build for the anchors of an ``AnchorGrid`` (``anchors``: its corner anchors if
         already at hand), with candidates from the grid's windows; ``boxes`` ``(B, M, 4)``
         corner ground truths in the grid's coordinates. Other arguments as ``from_pairs``."""
@@ -270,7 +291,7 @@ class SparseIOU:
             gt, anchor = grid.candidates(flat[idx].reshape(1, -1, 4), t)
             return idx[gt], anchor
 
-        return cls.from_candidates(anchors, boxes, source, floor, k, eps)
+        return cls.from_candidates(anchors, boxes, source, floor, k, eps, k_floor=k_floor)
 
     @classmethod
     def dense_pairs(cls, n: int, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

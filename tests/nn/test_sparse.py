@@ -308,7 +308,7 @@ def assert_guarantees(sparse, dense, floor):
     k = sparse.k
     if k and n:
         kth = dense.topk(k, dim=1).values[:, -1:, :]  # (B, 1, M)
-        need = ((dense >= kth) & (dense > 0)).any(-1)
+        need = ((dense >= kth) & (dense > 0) & (dense >= sparse.k_floor)).any(-1)
         assert not (need & ~kept).any()
     # kept rows carry the dense values
     ref = torch.gather(dense, 1, sparse.rows.clamp(max=n - 1)[..., None].expand(-1, -1, m))
@@ -329,3 +329,38 @@ def test_builder_guarantees(seed):
     for floor in (0.3, 0.6):
         assert_guarantees(SparseIOU.from_grid(grid, boxes, floor), dense, floor)
         assert_guarantees(build(anchors, boxes, floor, "minimal"), dense, floor)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_k_floor_limits_the_guarantee(k):
+    """k_floor: a box's k best anchors are kept only among IoU >= k_floor (nothing dense),
+    which serves consumers that ignore boxes whose best IoU is below it (RetinaFace's
+    per-face best prior, bipartite matching with threshold >= k_floor)."""
+    from src.nn import AnchorGrid
+
+    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
+                      normalized=False)
+    anchors = grid.anchors(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    boxes = random_gts(gen, 4, 8, lo=1.0, hi=40.0)
+    dense = BBoxBatchIOU()(anchors, boxes)
+    sparse = SparseIOU.from_grid(grid, boxes, 0.5, k=k, k_floor=0.2)
+    full = SparseIOU.from_grid(grid, boxes, 0.5, k=k)
+    n = anchors.shape[0]
+    assert (sparse.rows < n).sum() < (full.rows < n).sum()
+    assert_guarantees(sparse, dense, 0.5)
+    # each box's best IoU and first best anchor, where it is >= k_floor
+    best, arg = sparse.iou.max(dim=1)
+    best_d, arg_d = dense.max(dim=1)
+    kept = best_d >= 0.2
+    assert torch.equal(best[kept], best_d[kept]) and (best[~kept] < 0.2).all()
+    assert torch.equal(sparse.rows.gather(1, arg)[kept], arg_d[kept])
+    if k == 3:
+        m = CompositeMatcher([BipartiteMatcher(threshold=0.2), MaximumMatcher(0.5)])
+        expected = CompositeMatcher([BipartiteMatcher(threshold=0.2), MaximumMatcher(0.5)])(dense)
+        with pytest.raises(ValueError, match="k="):  # k=3 < min(N, M) = 8
+            m(sparse)
+        sparse8 = SparseIOU.from_grid(grid, boxes, 0.5, k_floor=0.2)
+        assert torch.equal(m(sparse8), expected)
+        with pytest.raises(ValueError, match="k_floor"):
+            BipartiteMatcher()(sparse8)
