@@ -126,6 +126,19 @@ class Assign(torch.nn.Module):
         return samples, box_t, box_m, lm_t, lm_m, cls_t
 
 
+def interleaved(fns, repeat: int) -> list[tuple[float, float]]:
+    """(median, best) seconds of each function, timed in turn ``repeat`` times."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [(statistics.median(t), min(t)) for t in times]
+
+
 def timeit(fn, repeat: int) -> float:
     fn()  # warm-up
     times = []
@@ -163,8 +176,9 @@ def main():
     grid = AnchorGrid.square((args.anchors_size, args.anchors_size), STEPS, MIN_SIZES,
                              normalized=False)
     assert torch.equal(grid.anchors(device=dev), anchors)
+    print("median ms of interleaved runs; speedup = loop / batched on medians and on best runs")
     print(f"{'sampler':<8} {'batched ms':>11} {'dense ms':>9} {'loop ms':>9} {'speedup':>8} "
-          f"{'loop sparse ms':>15}  equal")
+          f"{'(best)':>10} {'loop sparse ms':>15}  equal")
     with torch.no_grad():
         def whole(mod):
             out = mod(anchors, boxes, lm, labels, losses, logits)
@@ -183,10 +197,9 @@ def main():
             dense = functools.partial(whole, dense_mod)
             loop = functools.partial(per_image, dense_mod)
             loop_sparse = functools.partial(per_image, sparse_mod)
-            tb = timeit(batched, args.repeat)
-            td = timeit(dense, args.repeat)
-            tl = timeit(loop, args.repeat)
-            tls = timeit(loop_sparse, args.repeat)
+            # interleaved, so that a noisy neighbour slows every variant alike
+            times = interleaved([batched, dense, loop, loop_sparse], args.repeat)
+            (tb, bb), (td, _), (tl, bl), (tls, _) = times
             same_b_d = all(torch.equal(a, b) for a, b in zip(
                 whole(Assign(kind, grid)), whole(Assign(kind))))
             if kind == "quota":  # random choice: the loop draws its keys image by image
@@ -195,7 +208,7 @@ def main():
                 same_b_l = all(torch.equal(a, b) for a, b in zip(batched(), loop()))
                 equal = str(same_b_d and same_b_l)
             print(f"{kind:<8} {tb * 1e3:>11.1f} {td * 1e3:>9.1f} {tl * 1e3:>9.1f} "
-                  f"{tl / tb:>7.1f}x {tls * 1e3:>15.1f}  {equal}")
+                  f"{tl / tb:>7.1f}x {bl / bb:>9.1f}x {tls * 1e3:>15.1f}  {equal}")
         if args.breakdown:
             breakdown(Assign("hard", grid), anchors, boxes, lm, labels, losses, args.repeat, sync)
 
