@@ -3,6 +3,8 @@
 Boxes are corner ``(x1, y1, x2, y2)`` unless a name says center; batches are ``(B, N, ...)``
 with ``-1`` padding rows; matchers return -1 for unmatched; samplers return +1 positive,
 -1 negative, 0 ignore. IoU comes from ``src.ops.box_iou`` (the one implementation in the repo).
+On CPU, ``SparseIOU.from_grid(AnchorGrid(...), boxes, floor)`` stands in for the dense IoU of an
+anchor grid (exact; see ``src/nn/README.md``).
 """
 from .anchor import AnchorGrid
 from .bbox import (
