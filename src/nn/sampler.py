@@ -69,11 +69,14 @@ def _select_top_k_packed(key: torch.Tensor, eligible: torch.Tensor, k: torch.Ten
     kmax = int(torch.as_tensor(k).clamp(max=n).max()) if k.numel() else 0
     if kmax <= 0:
         return torch.zeros_like(eligible)
+    # in place where possible: fresh (B, N) int64 buffers cost page faults on CPU
     bits = (key.float() + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0 into +0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone for negative floats
+    negative = bits < 0
+    if bool(negative.any()):  # monotone for negative floats
+        bits[negative] ^= 0x7FFFFFFF
     idx = torch.arange(n - 1, -1, -1, dtype=torch.int64, device=key.device)
-    packed = (bits << 32) | idx
-    packed = packed.masked_fill(~eligible, torch.iinfo(torch.int64).min)
+    packed = bits.bitwise_left_shift_(32).bitwise_or_(idx)
+    packed.masked_fill_(~eligible, torch.iinfo(torch.int64).min)
     top = packed.topk(kmax, dim=-1).indices  # sorted by (score desc, index asc)
     in_quota = torch.arange(kmax, device=key.device) < k
     chosen = torch.zeros_like(eligible).scatter_(-1, top, in_quota.expand_as(top))
@@ -83,8 +86,7 @@ def _select_top_k_packed(key: torch.Tensor, eligible: torch.Tensor, k: torch.Ten
 def _out(matches: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     dtype = matches.dtype if matches.is_floating_point() else torch.float32
     out = torch.zeros(matches.shape, dtype=dtype, device=matches.device)
-    out = out.masked_fill(neg, -1.0)
-    return out.masked_fill(pos, 1.0)
+    return out.masked_fill_(neg, -1.0).masked_fill_(pos, 1.0)
 
 
 def _max_iou(ious, like: torch.Tensor, owner: str = "", **thresholds) -> torch.Tensor:
