@@ -89,14 +89,17 @@ class SparseIOU:
 
     # ---- back to anchors ----------------------------------------------------------------
     def expand(self, values: torch.Tensor, fill) -> torch.Tensor:
-        """Scatter per-row ``values`` ``(B, R, ...)`` to ``(B, N, ...)``; absent rows get
-        ``fill``."""
+        """Scatter per-row ``values`` ``(B, R, ...)`` to a contiguous ``(B, N, ...)``; absent
+        rows get ``fill``."""
         b, r = self.rows.shape
+        n = self.num_anchors
         trailing = values.shape[2:]
-        out = values.new_full((b, self.num_anchors + 1, *trailing), fill)
-        idx = self.rows.reshape(b, r, *([1] * len(trailing))).expand(b, r, *trailing)
-        out.scatter_(1, idx, values)
-        return out[:, :self.num_anchors]
+        # flat keys b * N + row; unused slots go to one extra sentinel entry at the end
+        base = torch.arange(b, device=self.rows.device)[:, None] * n
+        key = torch.where(self.rows < n, self.rows + base, b * n)
+        out = values.new_full((b * n + 1, *trailing), fill)
+        out.index_copy_(0, key.reshape(-1), values.reshape(b * r, *trailing))
+        return out[:b * n].view(b, n, *trailing)
 
     def max(self) -> torch.Tensor:
         """``(B, N)`` best IoU of each anchor: exact for kept rows; absent rows report 0 (-1
