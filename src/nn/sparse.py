@@ -106,13 +106,13 @@ class SparseIOU:
         when the image has no ground truth), which compares with any threshold ``>= floor``
         or ``<= 0`` as the true value does (see ``check_threshold``)."""
         b, r, m = self.iou.shape
-        fill = torch.where(self.has_gt, 0.0, PAD_IOU).to(self.iou.dtype)[:, None]  # (B, 1)
         if m == 0 or r == 0:
-            return fill.expand(b, self.num_anchors).clone()
-        best = self.iou.max(dim=-1).values
-        out = self.expand(best, 0.0)
-        kept = self.expand(torch.ones_like(best, dtype=torch.bool), False)
-        return torch.where(kept, out, fill)
+            out = self.iou.new_zeros((b, self.num_anchors))
+        else:
+            out = self.expand(self.iou.max(dim=-1).values, 0.0)
+        if not bool(self.has_gt.all()):  # no ground truth: every pair is padding (-1)
+            out.masked_fill_(~self.has_gt[:, None], PAD_IOU)
+        return out
 
     # ---- validity of consumers ------------------------------------------------------------
     def check_threshold(self, owner: str, name: str, value: float) -> None:
