@@ -185,3 +185,16 @@ def test_hard_negative_quotas_exact_and_hardest(b, n, ratio, min_samples, dtype,
             tied_in = (neg & (losses[i] == edge)).nonzero()
             if len(tied_out) and len(tied_in):
                 assert tied_in.max() < tied_out.min()
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_background_loss_is_the_background_cross_entropy(classes):
+    from src.nn.sampler import background_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, classes, generator=gen, dtype=torch.float64) * 10
+    x[0, 0] = torch.tensor([60.0, -60.0] + [0.0] * (classes - 2), dtype=torch.float64)
+    x[0, 1] = torch.tensor([-60.0, 60.0] + [0.0] * (classes - 2), dtype=torch.float64)
+    want = -torch.log_softmax(x, dim=-1)[..., 0]
+    torch.testing.assert_close(background_loss(x), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(background_loss(x.float()), want.float(), rtol=1e-5, atol=1e-6)
