@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -132,11 +133,27 @@ def _anchor_rows(anchors: torch.Tensor, bsz: int, n: int, b: torch.Tensor,
     return a[b, idx]
 
 
+def _sparse_zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Zeros for an output that stays mostly zero. On CPU the buffer comes from ``calloc``
+    (``numpy.zeros``): the OS hands out zero pages lazily, so the untouched part costs neither a
+    memset nor a page fault (for (32, 16,800, 10) landmark targets this halves the encoder's
+    time); the tensor shares numpy's buffer, which it keeps alive (its storage cannot be
+    resized). Elsewhere, or for dtypes numpy lacks, ``new_zeros``."""
+    dtype = _NUMPY_DTYPES.get(like.dtype) if like.device.type == "cpu" else None
+    if dtype is None:
+        return like.new_zeros(shape)
+    return torch.from_numpy(np.zeros(shape, dtype=dtype))
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
+                 torch.float16: np.float16}
+
+
 def _scatter_rows(codes: torch.Tensor, keys: torch.Tensor, bsz: int, n: int):
     """Zero ``(bsz, n, C)`` targets holding ``codes`` at the flat keys, and the 0/1 masks."""
     c = codes.shape[-1]
-    targets = codes.new_zeros((bsz * n, c)).index_copy_(0, keys, codes)
-    masks = codes.new_zeros((bsz * n, c)).index_fill_(0, keys, 1)
+    targets = _sparse_zeros((bsz * n, c), codes).index_copy_(0, keys, codes)
+    masks = _sparse_zeros((bsz * n, c), codes).index_fill_(0, keys, 1)
     return targets.reshape(bsz, n, c), masks.reshape(bsz, n, c)
 
 
