@@ -35,22 +35,21 @@ One matching, on the IoU of the priors that can matter (``assignment``): ``dense
 them (``BBoxBatchIOU``, no host synchronisation: the GPU path); ``windowed`` (``auto`` on CPU)
 takes the rows of a ``SparseIOU`` (``src.nn.sparse``) of the prior grid
 (``SparseIOU.from_grid(anchor_grid(...), boxes, floor=overlap_thresh, k=1,
-k_floor=ignore_thresh)``: the priors with an
-IoU >= ``overlap_thresh`` with some face, found from ``AnchorGrid`` windows, and each face's best
-priors, with their exact IoU against every face of the image: a few hundred priors per image
-instead of 16,800 at 640 px) and scatters the result back to all priors. Why that is exact (in
-fixed matching): every prior with a threshold match is a row, with its exact IoU against every
-face, so ``MaximumMatcher`` gives the same best face (first on ties); ``k=1`` keeps each face's
-best priors where their IoU is >= ``ignore_thresh``, ties included, in ascending prior order,
-so whether a face is ignored and a kept face's first best prior are exact; a face without such
-a prior reports a best IoU below ``ignore_thresh`` and is ignored (the thresholds must be > 0,
-else dense). ``reference_matching``
-always runs dense (an ignored face forces its best prior even at IoU 0: prior 0, which no
-sparse structure knows). The windowed path then regresses boxes and landmarks of the positives
-only (found from the ``(B, P)`` matches) and mines negatives with one sorted ``topk`` of the
-logit difference. Same matches, losses and gradients (tests check it); about 8x faster than the
-reference's per-image loop at batch 32 / 640 px (``benchmarks/retinaface.py``), where the dense
-path is no faster than the loop on CPU.
+k_floor=ignore_thresh)``: the priors with an IoU >= ``overlap_thresh`` with some face, found
+from ``AnchorGrid`` windows, and each face's best priors, with their exact IoU against every
+face of the image: a few hundred priors per image instead of 16,800 at 640 px) and scatters the
+result back to all priors. Why that is exact (in fixed matching): every prior with a threshold
+match is a row, with its exact IoU against every face, so ``MaximumMatcher`` gives the same
+best face (first on ties); ``k=1`` keeps each face's best priors where their IoU is >=
+``ignore_thresh``, ties included, in ascending prior order, so whether a face is ignored and a
+kept face's first best prior are exact; a face without such a prior reports a best IoU below
+``ignore_thresh`` and is ignored (the thresholds must be > 0, else dense).
+``reference_matching`` always runs dense (an ignored face forces its best prior even at IoU 0:
+prior 0, which no sparse structure knows). The windowed path then regresses boxes and
+landmarks of the positives only (found from the ``(B, P)`` matches) and mines negatives with one
+sorted ``topk`` of the logit difference. Same matches, losses and gradients (tests check it);
+about 8x faster than the reference's per-image loop at batch 32 / 640 px
+(``benchmarks/retinaface.py``), where the dense path is no faster than the loop on CPU.
 
 The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
 ``src.nn.force_best_anchors``; the sparse IoU is ``src.nn.sparse.SparseIOU`` (any anchor-grid
