@@ -133,6 +133,13 @@ def _greedy_pruned(work: torch.Tensor):
     return row_match, col_match
 
 
+def _on_kept_rows(matcher: nn.Module, x: SparseIOU) -> torch.Tensor:
+    """A matcher on a ``SparseIOU``: check it can serve the matcher exactly, match its kept
+    rows (the dense ``(B, R, M)`` IoU), and give every other anchor -1."""
+    matcher._check_sparse(x)
+    return x.expand(matcher(x.iou), -1)
+
+
 class BipartiteMatcher(nn.Module):
     """Bipartite (greedy global best pair) matching, then best-match sharing.
 
@@ -165,8 +172,7 @@ class BipartiteMatcher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, SparseIOU):
-            self._check_sparse(x)
-            return x.expand(self.forward(x.iou), -1)
+            return _on_kept_rows(self, x)
         match, _ = bipartite_matching(x, self._threshold, self._is_ascend)
         if x.shape[-1] == 0 or x.shape[-2] == 0:
             return match
@@ -197,8 +203,7 @@ class MaximumMatcher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, SparseIOU):
-            self._check_sparse(x)
-            return x.expand(self.forward(x.iou), -1)
+            return _on_kept_rows(self, x)
         if x.shape[-1] == 0:
             return torch.full(x.shape[:-1], -1, dtype=torch.long, device=x.device)
         best, argmax = x.max(dim=-1)
@@ -228,8 +233,7 @@ class CompositeMatcher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, SparseIOU):  # run on the kept rows, expand once
-            self._check_sparse(x)
-            return x.expand(self.forward(x.iou), -1)
+            return _on_kept_rows(self, x)
         result = self._matchers[0](x)
         for matcher in self._matchers[1:]:
             result = torch.where(result >= 0, result, matcher(x))

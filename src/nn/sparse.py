@@ -80,13 +80,6 @@ class SparseIOU:
         b, _, m = self.iou.shape
         return torch.Size((b, self.num_anchors, m))
 
-    @property
-    def device(self) -> torch.device:
-        return self.iou.device
-
-    def dim(self) -> int:
-        return 3
-
     # ---- back to anchors ----------------------------------------------------------------
     def expand(self, values: torch.Tensor, fill) -> torch.Tensor:
         """Scatter per-row ``values`` ``(B, R, ...)`` to a contiguous ``(B, N, ...)``; absent
