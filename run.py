@@ -2,6 +2,7 @@
 
 Composes the Hydra config (conf/), validates it, and hands over to src.app. No training logic.
 """
+
 import hydra
 from omegaconf import DictConfig
 

@@ -23,6 +23,7 @@ random quota sampler: ``batched`` vs ``dense`` with the same generator state).
 
     python3 benchmarks/nn.py [--batch 32] [--anchors-size 640] [--gts 10] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,8 +104,9 @@ class Assign(torch.nn.Module):
         elif sampler == "ohem":
             self.sampler = OHEMSampler(ratio=3, thresh=0.5)
         else:
-            self.sampler = QuotaSampler(256, 0.5, 0.3, pos_ratio=0.25,
-                                        generator=torch.Generator().manual_seed(0))
+            self.sampler = QuotaSampler(
+                256, 0.5, 0.3, pos_ratio=0.25, generator=torch.Generator().manual_seed(0)
+            )
 
     def iou(self, anchors, boxes):
         if self.grid is None:
@@ -166,29 +168,47 @@ def main():
 
     gen = torch.Generator().manual_seed(0)
     anchors = priors(args.anchors_size).to(dev)
-    boxes, lm, labels = (t.to(dev) for t in make_batch(args.batch, args.gts,
-                                                        args.anchors_size, gen))
+    boxes, lm, labels = (
+        t.to(dev) for t in make_batch(args.batch, args.gts, args.anchors_size, gen)
+    )
     n = anchors.shape[0]
     losses = torch.rand(args.batch, n, generator=gen).to(dev)
     logits = torch.randn(args.batch, n, 2, generator=gen).to(dev)
-    print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} anchors={n} "
-          f"gts/image<={args.gts}")
-    grid = AnchorGrid.square((args.anchors_size, args.anchors_size), STEPS, MIN_SIZES,
-                             normalized=False)
+    print(
+        f"device={dev} threads={torch.get_num_threads()} batch={args.batch} anchors={n} "
+        f"gts/image<={args.gts}"
+    )
+    grid = AnchorGrid.square(
+        (args.anchors_size, args.anchors_size), STEPS, MIN_SIZES, normalized=False
+    )
     assert torch.equal(grid.anchors(device=dev), anchors)
-    print("median ms (batched and loop timed in turn); speedup = loop / batched on medians "
-          "and on best runs")
-    print(f"{'sampler':<8} {'batched ms':>11} {'dense ms':>9} {'loop ms':>9} {'speedup':>8} "
-          f"{'(best)':>10} {'loop sparse ms':>15}  equal")
+    print(
+        "median ms (batched and loop timed in turn); speedup = loop / batched on medians "
+        "and on best runs"
+    )
+    print(
+        f"{'sampler':<8} {'batched ms':>11} {'dense ms':>9} {'loop ms':>9} {'speedup':>8} "
+        f"{'(best)':>10} {'loop sparse ms':>15}  equal"
+    )
     with torch.no_grad():
+
         def whole(mod):
             out = mod(anchors, boxes, lm, labels, losses, logits)
             sync()
             return out
 
         def per_image(mod):
-            outs = [mod(anchors, boxes[i:i + 1], lm[i:i + 1], labels[i:i + 1],
-                        losses[i:i + 1], logits[i:i + 1]) for i in range(args.batch)]
+            outs = [
+                mod(
+                    anchors,
+                    boxes[i : i + 1],
+                    lm[i : i + 1],
+                    labels[i : i + 1],
+                    losses[i : i + 1],
+                    logits[i : i + 1],
+                )
+                for i in range(args.batch)
+            ]
             sync()
             return [torch.cat(parts) for parts in zip(*outs)]
 
@@ -201,15 +221,18 @@ def main():
             # the headline pair interleaved, so that a noisy neighbour slows both alike
             (tb, bb), (tl, bl) = interleaved([batched, loop], args.repeat)
             (td, _), (tls, _) = interleaved([dense, loop_sparse], args.repeat)
-            same_b_d = all(torch.equal(a, b) for a, b in zip(
-                whole(Assign(kind, grid)), whole(Assign(kind))))
+            same_b_d = all(
+                torch.equal(a, b) for a, b in zip(whole(Assign(kind, grid)), whole(Assign(kind)))
+            )
             if kind == "quota":  # random choice: the loop draws its keys image by image
                 equal = f"{same_b_d} (batched = dense)"
             else:
                 same_b_l = all(torch.equal(a, b) for a, b in zip(batched(), loop()))
                 equal = str(same_b_d and same_b_l)
-            print(f"{kind:<8} {tb * 1e3:>11.1f} {td * 1e3:>9.1f} {tl * 1e3:>9.1f} "
-                  f"{tl / tb:>7.1f}x {bl / bb:>9.1f}x {tls * 1e3:>15.1f}  {equal}")
+            print(
+                f"{kind:<8} {tb * 1e3:>11.1f} {td * 1e3:>9.1f} {tl * 1e3:>9.1f} "
+                f"{tl / tb:>7.1f}x {bl / bb:>9.1f}x {tls * 1e3:>15.1f}  {equal}"
+            )
         if args.breakdown:
             breakdown(Assign("hard", grid), anchors, boxes, lm, labels, losses, args.repeat, sync)
 
@@ -230,9 +253,11 @@ def breakdown(mod, anchors, boxes, lm, labels, losses, repeat, sync):
     }
     print(f"{'stage (batched, hard)':<24} {'ms':>8}")
     for name, fn in stages.items():
+
         def run(fn=fn):
             fn()
             sync()
+
         print(f"{name:<24} {timeit(run, repeat) * 1e3:>8.1f}")
 
 

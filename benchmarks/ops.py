@@ -7,6 +7,7 @@ Times are the median wall time of one forward+backward (forward only for box_iou
 milliseconds, float32, after a warm-up. Peak memory is torch.cuda.max_memory_allocated above
 the inputs (GPU only; torch exposes no CPU allocator statistics, so CPU rows print "-").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,6 +93,7 @@ def _sync(device):
 
 def measure(fn, inputs, device, repeat, backward):
     """(median ms, peak MB or None) of fn(*inputs) [+ backward of a random upstream grad]."""
+
     def once():
         for x in inputs:
             if isinstance(x, torch.Tensor) and x.requires_grad:
@@ -143,54 +145,105 @@ def cases(device, quick):
     for n, c in sizes["focal"]:
         x = leaf(torch.randn(n, c, generator=gen, **f32) * 2)
         t = torch.randint(-1, c + 1, (n,), generator=gen).to(device)
-        yield ("sigmoid_focal_loss", f"{n}x{c}", True,
-               lambda x, t: sigmoid_focal_loss(x, t), naive_focal, (x, t), "torchvision")
+        yield (
+            "sigmoid_focal_loss",
+            f"{n}x{c}",
+            True,
+            lambda x, t: sigmoid_focal_loss(x, t),
+            naive_focal,
+            (x, t),
+            "torchvision",
+        )
     for n in sizes["smooth_l1"]:
         x = leaf(torch.randn(n, 4, generator=gen, **f32))
         t = torch.randn(n, 4, generator=gen, **f32).to(device)
         s = torch.full((4,), 3.0, device=device)
-        yield ("smooth_l1_loss", f"{n}x4", True, smooth_l1_loss, naive_smooth_l1, (x, t, s),
-               "mask arithmetic")
+        yield (
+            "smooth_l1_loss",
+            f"{n}x4",
+            True,
+            smooth_l1_loss,
+            naive_smooth_l1,
+            (x, t, s),
+            "mask arithmetic",
+        )
     for n, c in sizes["wing"]:
         x = leaf(torch.randn(n, c, generator=gen, **f32) * 10)
         t = torch.randn(n, c, generator=gen, **f32).to(device)
         yield ("wing_loss", f"{n}x{c}", True, wing_loss, naive_wing, (x, t), "mask arithmetic")
     for n in sizes["giou_loss"]:
         a, b = leaf(boxes(n)), boxes(n)
-        yield ("giou_loss", f"{n}", True, giou_loss, torchvision.ops.generalized_box_iou_loss,
-               (a, b), "torchvision")
+        yield (
+            "giou_loss",
+            f"{n}",
+            True,
+            giou_loss,
+            torchvision.ops.generalized_box_iou_loss,
+            (a, b),
+            "torchvision",
+        )
     for n, m in sizes["box_iou"]:
         a, b = boxes(n), boxes(m)
-        yield ("box_iou", f"{n}x{m}", False, box_iou, torchvision.ops.box_iou, (a, b),
-               "torchvision")
+        yield (
+            "box_iou",
+            f"{n}x{m}",
+            False,
+            box_iou,
+            torchvision.ops.box_iou,
+            (a, b),
+            "torchvision",
+        )
     for n in sizes["nms"]:
         b = boxes(n)
         s = torch.rand(n, generator=gen).to(device)
-        yield ("nms", f"{n}", False, lambda b, s: nms(b, s, 0.5),
-               lambda b, s: naive_nms(b, s, 0.5), (b, s), "python loop")
+        yield (
+            "nms",
+            f"{n}",
+            False,
+            lambda b, s: nms(b, s, 0.5),
+            lambda b, s: naive_nms(b, s, 0.5),
+            (b, s),
+            "python loop",
+        )
     for shape in sizes["corner_pool"]:
         x = leaf(torch.randn(*shape, generator=gen, **f32))
-        yield ("corner_pool top", "x".join(map(str, shape)), True,
-               lambda x: corner_pool(x, "top"), naive_top_pool, (x,), "python loop over H")
+        yield (
+            "corner_pool top",
+            "x".join(map(str, shape)),
+            True,
+            lambda x: corner_pool(x, "top"),
+            naive_top_pool,
+            (x,),
+            "python loop over H",
+        )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 gives steadier numbers on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 gives steadier numbers on a shared machine)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     kernel = device.type == "cuda"
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"median of {args.repeat}, float32")
-    head = (f"{'op':20s} {'size':>16s} {'pass':>7s} {'reference ms':>13s} {'naive ms':>10s} "
-            f"{'kernel ms':>10s} {'ref MB':>7s} {'naive MB':>8s} {'kern MB':>8s}  naive = ")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"median of {args.repeat}, float32"
+    )
+    head = (
+        f"{'op':20s} {'size':>16s} {'pass':>7s} {'reference ms':>13s} {'naive ms':>10s} "
+        f"{'kernel ms':>10s} {'ref MB':>7s} {'naive MB':>8s} {'kern MB':>8s}  naive = "
+    )
     print(head)
     print("-" * len(head))
     fmt_ms = lambda v: "-" if v is None else f"{v:.2f}"
@@ -203,9 +256,11 @@ def main(argv=None):
         if kernel:
             with use_backend("auto"):
                 ker_ms, ker_mb = measure(ours, inputs, device, args.repeat, backward)
-        print(f"{name:20s} {size:>16s} {'fwd+bwd' if backward else 'fwd':>7s} "
-              f"{fmt_ms(ref_ms):>13s} {fmt_ms(naive_ms):>10s} {fmt_ms(ker_ms):>10s} "
-              f"{fmt_mb(ref_mb):>7s} {fmt_mb(naive_mb):>8s} {fmt_mb(ker_mb):>8s}  {what}")
+        print(
+            f"{name:20s} {size:>16s} {'fwd+bwd' if backward else 'fwd':>7s} "
+            f"{fmt_ms(ref_ms):>13s} {fmt_ms(naive_ms):>10s} {fmt_ms(ker_ms):>10s} "
+            f"{fmt_mb(ref_mb):>7s} {fmt_mb(naive_mb):>8s} {fmt_mb(ker_mb):>8s}  {what}"
+        )
 
 
 if __name__ == "__main__":

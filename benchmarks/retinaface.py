@@ -11,6 +11,7 @@ are measured round-robin). Default one intra-op thread: on a busy 2-core machine
 threads spin against other processes and run several times slower than one
 (``--threads 0`` keeps torch's default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,16 @@ def make_targets(batch: int, size: int, faces: int, seed: int) -> list[torch.Ten
     out = []
     for _ in range(batch):
         n = int(torch.randint(1, 2 * faces, (1,), generator=g))
-        side = torch.exp(torch.empty(n, 1, dtype=torch.float64).uniform_(
-            math.log(6), math.log(300), generator=g))
+        side = torch.exp(
+            torch.empty(n, 1, dtype=torch.float64).uniform_(math.log(6), math.log(300), generator=g)
+        )
         wh = side * torch.empty(n, 2, dtype=torch.float64).uniform_(0.75, 1.3, generator=g)
         wh = wh / size
         c = torch.rand(n, 2, generator=g, dtype=torch.float64) * (1 - wh) + wh / 2
         box = torch.cat([c - wh / 2, c + wh / 2], 1)
-        pts = (c[:, None] + (torch.rand(n, 5, 2, generator=g, dtype=torch.float64) - 0.5)
-               * wh[:, None]).reshape(n, 10)
+        pts = (
+            c[:, None] + (torch.rand(n, 5, 2, generator=g, dtype=torch.float64) - 0.5) * wh[:, None]
+        ).reshape(n, 10)
         lab = torch.where(torch.rand(n, generator=g) < 0.2, -1.0, 1.0).to(torch.float64)
         pts[lab < 0] = -1
         out.append(torch.cat([box, pts, lab[:, None]], 1).float())
@@ -79,17 +82,26 @@ def bench_loss(batch: int, size: int, faces: int, repeat: int) -> list[tuple]:
                 t.grad = None
             out = fn()
             out["loss"].backward()
-            return {k: float(out[k].detach()) if torch.is_tensor(out[k]) else float(out[k])
-                    for k in ("loss", "loc", "cls", "landm")}
+            return {
+                k: float(out[k].detach()) if torch.is_tensor(out[k]) else float(out[k])
+                for k in ("loss", "loc", "cls", "landm")
+            }
+
         return go
 
     cases = [
-        ("reference loop (per image)", lambda: R.reference_loss(preds, priors, targets,
-                                                                fixed=True)),
-        ("ours, dense (GPU path)", lambda: MultiBoxLoss(assignment="dense")(
-            preds, priors, boxes, labels, landms)),
-        ("ours, windowed (CPU default)", lambda: MultiBoxLoss()(
-            preds, priors, boxes, labels, landms, image_size=(size, size))),
+        (
+            "reference loop (per image)",
+            lambda: R.reference_loss(preds, priors, targets, fixed=True),
+        ),
+        (
+            "ours, dense (GPU path)",
+            lambda: MultiBoxLoss(assignment="dense")(preds, priors, boxes, labels, landms),
+        ),
+        (
+            "ours, windowed (CPU default)",
+            lambda: MultiBoxLoss()(preds, priors, boxes, labels, landms, image_size=(size, size)),
+        ),
     ]
     results = timeit_all([run(fn) for _, fn in cases], repeat)
     return [(name, *res) for (name, _), res in zip(cases, results)]
@@ -109,8 +121,9 @@ def bench_detect(h: int, w: int, repeat: int, candidates: int | None) -> list[tu
     n_cand = int((conf.softmax(-1)[0, :, 1] > 0.02).sum())
 
     def ref():
-        dets, _ = R.reference_detect(loc[0].numpy(), conf[0].numpy(), landm[0].numpy(),
-                                     priors.numpy(), h, w)
+        dets, _ = R.reference_detect(
+            loc[0].numpy(), conf[0].numpy(), landm[0].numpy(), priors.numpy(), h, w
+        )
         return dets
 
     def ours():
@@ -120,12 +133,19 @@ def bench_detect(h: int, w: int, repeat: int, candidates: int | None) -> list[tu
     # equal float32 scores (many among 30,000 random ones) may be ordered differently by the
     # two sorts; compare the kept score sets then, the boxes too when there is no tie
     same = len(r_out) == len(o_out["boxes"]) and np.allclose(
-        np.sort(r_out[:, 4]), np.sort(o_out["scores"].numpy()), atol=1e-6)
+        np.sort(r_out[:, 4]), np.sort(o_out["scores"].numpy()), atol=1e-6
+    )
     if same and len(np.unique(r_out[:, 4])) == len(r_out):
         same = np.allclose(r_out[:, :4], o_out["boxes"].numpy(), atol=1e-2)
-    return [(f"reference numpy (py_cpu_nms), {n_cand} candidates", r_med, r_best, len(r_out)),
-            (f"ours (batched_nms offset=1), {n_cand} candidates", o_med, o_best,
-             f"{len(o_out['boxes'])} (same: {same})")]
+    return [
+        (f"reference numpy (py_cpu_nms), {n_cand} candidates", r_med, r_best, len(r_out)),
+        (
+            f"ours (batched_nms offset=1), {n_cand} candidates",
+            o_med,
+            o_best,
+            f"{len(o_out['boxes'])} (same: {same})",
+        ),
+    ]
 
 
 def main() -> None:
@@ -139,15 +159,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"\nTarget assignment + loss, forward + backward: batch {args.batch}, "
-          f"{args.size}x{args.size} ({prior_boxes((args.size, args.size)).shape[0]} priors), "
-          f"~{args.faces} faces per image")
+    print(
+        f"\nTarget assignment + loss, forward + backward: batch {args.batch}, "
+        f"{args.size}x{args.size} ({prior_boxes((args.size, args.size)).shape[0]} priors), "
+        f"~{args.faces} faces per image"
+    )
     rows = bench_loss(args.batch, args.size, args.faces, args.repeat)
     ref_med = rows[0][1]
     print(f"{'':32s} {'median ms':>10s} {'best ms':>9s} {'speed-up':>9s}  loss (loc/cls/landm)")
     for name, med, best, v in rows:
-        print(f"{name:32s} {med:10.1f} {best:9.1f} {ref_med / med:8.1f}x  {v['loss']:.6f} "
-              f"({v['loc']:.5f}/{v['cls']:.5f}/{v['landm']:.5f})")
+        print(
+            f"{name:32s} {med:10.1f} {best:9.1f} {ref_med / med:8.1f}x  {v['loss']:.6f} "
+            f"({v['loc']:.5f}/{v['cls']:.5f}/{v['landm']:.5f})"
+        )
     base = rows[0][3]
     for name, _, _, v in rows[1:]:
         ok = all(math.isclose(v[k], base[k], rel_tol=1e-5) for k in base)

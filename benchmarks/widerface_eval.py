@@ -8,6 +8,7 @@ easy / medium / hard APs for both formulations, then ours alone on a detector-li
 (750 predictions per image, RetinaFace's keep-top-k). The reference-style formulation is the
 test oracle in tests/retinaface_data/widerface_reference.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def heavy_predictions(preds: dict, per_image: int, seed: int) -> dict:
     out = {}
     for k, a in preds.items():
         m = max(per_image - len(a), 0)
-        fp = np.c_[rng.uniform(0, 1000, (m, 2)), rng.uniform(4, 60, (m, 2)), rng.uniform(0, .02, m)]
+        fp = np.c_[
+            rng.uniform(0, 1000, (m, 2)), rng.uniform(4, 60, (m, 2)), rng.uniform(0, 0.02, m)
+        ]
         b = np.concatenate([a, fp])[:per_image]
         out[k] = b[np.argsort(-b[:, 4], kind="stable")]
     return out
@@ -63,11 +66,15 @@ def main() -> None:
     aps = evaluate_widerface(heavy, gt)
     rows.append(("ours, 750/image", len(gt), nheavy, time.perf_counter() - t, aps))
 
-    print(f"{'formulation':<18}{'images':>7}{'preds':>10}{'seconds':>9}"
-          f"{'easy':>20}{'medium':>20}{'hard':>20}")
+    print(
+        f"{'formulation':<18}{'images':>7}{'preds':>10}{'seconds':>9}"
+        f"{'easy':>20}{'medium':>20}{'hard':>20}"
+    )
     for name, n, p, sec, r in rows:
-        print(f"{name:<18}{n:>7}{p:>10}{sec:>9.2f}"
-              + "".join(f"{r[s]:>20.16f}" for s in ("easy", "medium", "hard")))
+        print(
+            f"{name:<18}{n:>7}{p:>10}{sec:>9.2f}"
+            + "".join(f"{r[s]:>20.16f}" for s in ("easy", "medium", "hard"))
+        )
     if not args.skip_reference:
         same = all(rows[0][4][s] == rows[1][4][s] for s in ("easy", "medium", "hard"))
         print(f"identical APs: {same}")

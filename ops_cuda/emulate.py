@@ -7,6 +7,7 @@ expression of a source a C entry point ``cvo_emu__<name>__<type>(grid, block, pa
 once per source content into a cache directory (``$CV_OPS_CACHE`` or ``~/.cache/cv_ops``),
 never into the repository, and loaded with ctypes.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -20,8 +21,15 @@ from pathlib import Path
 
 from .registry import EMULATED, KERNEL_DIR, SOURCES, expression, read_source
 
-CXX_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unused-function",
-             "-Wno-unknown-pragmas")
+CXX_FLAGS = (
+    "-std=c++17",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-Wall",
+    "-Wno-unused-function",
+    "-Wno-unknown-pragmas",
+)
 _libs: dict[str, ctypes.CDLL] = {}
 _lock = threading.Lock()
 

@@ -6,6 +6,7 @@ device), ``None`` (a null pointer) or numpy scalars whose dtype is the kernel pa
 type: ``np.int64`` for ``i64`` sizes, ``np.int32`` for ``int`` flags, ``np.float64`` for
 ``double`` scalars. Torch allocates every output; kernels never allocate.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -109,8 +110,16 @@ def _cupy_function(source: str, expr: str, index: int):
     return fn
 
 
-def launch(source: str, name: str, ctype: str | None, device: torch.device, work: int,
-           args, *, single_thread: bool = False) -> None:
+def launch(
+    source: str,
+    name: str,
+    ctype: str | None,
+    device: torch.device,
+    work: int,
+    args,
+    *,
+    single_thread: bool = False,
+) -> None:
     """Launch ``name<ctype>`` from ops_cuda/``source`` with enough threads for ``work`` items
     (grid-stride loops cover the rest) on ``device``: CUDA -> CuPy on torch's current stream
     of that device; CPU -> g++ emulation. ``single_thread`` launches one block of one thread."""

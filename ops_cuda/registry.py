@@ -4,6 +4,7 @@ Name expressions are what NVRTC (and CuPy's RawModule) need to find template ins
 e.g. ``sigmoid_focal_fwd<float>``. The same table drives the CuPy loader, the g++ emulation
 and the NVRTC compile tests, so a kernel added here is compiled and tested everywhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

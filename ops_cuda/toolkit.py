@@ -4,6 +4,7 @@ Search order for headers (``cuda_fp16.h`` and friends): ``$CV_OPS_CUDA_INCLUDE``
 ``nvidia/cu13/include`` (or per-component ``nvidia/*/include``) directories of the PyPI wheels
 torch installs, ``$CUDA_PATH/include``, ``/usr/local/cuda/include``.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,9 @@ def nvrtc_compile_code(code: str, filename: str, exprs: list[str], arch: str) ->
 def nvrtc_compile(source: str, arch: str, types: tuple[str, ...] | None = None) -> dict:
     """Compile ops_cuda/``source`` with every name expression of the registry (restricted to
     ``types`` when given) for ``arch``; see nvrtc_compile_code."""
-    return nvrtc_compile_code(read_source(source), f"ops_cuda/{source}",
-                              name_expressions(source, types), arch)
+    return nvrtc_compile_code(
+        read_source(source), f"ops_cuda/{source}", name_expressions(source, types), arch
+    )
 
 
 def nvrtc_available() -> str | None:
@@ -98,6 +100,8 @@ def nvrtc_available() -> str | None:
     except Exception as exc:
         return f"NVRTC not loadable via cupy_backends ({type(exc).__name__}: {exc})"
     if cuda_include_dir() is None:
-        return ("CUDA headers (cuda_fp16.h) not found: install the nvidia-cuda-runtime wheel "
-                "(torch's CUDA build pulls it) or set CV_OPS_CUDA_INCLUDE")
+        return (
+            "CUDA headers (cuda_fp16.h) not found: install the nvidia-cuda-runtime wheel "
+            "(torch's CUDA build pulls it) or set CV_OPS_CUDA_INCLUDE"
+        )
     return None

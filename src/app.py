@@ -3,6 +3,7 @@
 Data flows one way: config -> (model, loss, data) -> Task -> Trainer. Nothing here knows about
 faces or birds.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def check_compatibility(cfg: DictConfig) -> None:
         kind = cfg[group].get("_kind_")
         if kinds and kind not in kinds:
             valid = ", ".join(_choices_of_kind(group, kinds)) or "none configured"
-            raise UserError(f"{group}={_choice(group)} (kind '{kind}') does not fit "
-                            f"model={_choice('model')}; valid choices: {valid}")
+            raise UserError(
+                f"{group}={_choice(group)} (kind '{kind}') does not fit "
+                f"model={_choice('model')}; valid choices: {valid}"
+            )
     if cfg.mode in ("eval", "export") and not cfg.get("ckpt_path"):
         raise UserError(f"mode={cfg.mode} needs ckpt_path=<checkpoint or weights file>")
     if cfg.mode == "predict" and not cfg.get("input"):
@@ -67,8 +70,11 @@ def check_compatibility(cfg: DictConfig) -> None:
 def strip_meta(node: DictConfig) -> dict[str, Any]:
     """The node as kwargs for instantiate, without our ``_meta_`` keys."""
     d = OmegaConf.to_container(node, resolve=True)
-    return {k: v for k, v in d.items()
-            if not (k.startswith("_") and k.endswith("_")) or k in _HYDRA_KEYS}
+    return {
+        k: v
+        for k, v in d.items()
+        if not (k.startswith("_") and k.endswith("_")) or k in _HYDRA_KEYS
+    }
 
 
 def _instantiate(node: Any, group: str):
@@ -138,11 +144,20 @@ def run(cfg: DictConfig) -> float | None:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.get("seed"))
     task = build_task(cfg)
-    trainer = Trainer(task, cfg.trainer, run_dir, logger=None, seed=cfg.get("seed"),
-                      optimizer_cfg=cfg.optimizer, scheduler_cfg=cfg.get("scheduler"))
+    trainer = Trainer(
+        task,
+        cfg.trainer,
+        run_dir,
+        logger=None,
+        seed=cfg.get("seed"),
+        optimizer_cfg=cfg.optimizer,
+        scheduler_cfg=cfg.get("scheduler"),
+    )
     if D.broadcast_object(str(run_dir)) != str(run_dir):
-        raise UserError("torchrun ranks resolved different run dirs; start torchrun with "
-                        "--standalone or --rdzv-id=<id>, or pin hydra.run.dir")
+        raise UserError(
+            "torchrun ranks resolved different run dirs; start torchrun with "
+            "--standalone or --rdzv-id=<id>, or pin hydra.run.dir"
+        )
     rank_zero = D.is_rank_zero()
     if rank_zero:
         from src.utils.config_tree import print_config_tree
@@ -181,8 +196,11 @@ def run(cfg: DictConfig) -> float | None:
                 preds = task.predict(_image_paths(cfg.input), out_dir)
             if rank_zero:
                 (run_dir / "predictions.json").write_text(json.dumps(preds, indent=2))
-            summary = {"status": "completed", "num_images": len(preds),
-                       "predictions": str(run_dir / "predictions.json")}
+            summary = {
+                "status": "completed",
+                "num_images": len(preds),
+                "predictions": str(run_dir / "predictions.json"),
+            }
         elif cfg.mode == "export":
             trainer.load_weights(cfg.ckpt_path)
             task.eval()

@@ -1,5 +1,6 @@
 """Shared test fixtures. Tests never touch the network: W&B runs `disabled` unless a test asks
 for `offline` explicitly."""
+
 from __future__ import annotations
 
 import os
@@ -23,17 +24,29 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*overrides: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300,
-            module: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str,
+    cwd: Path = REPO,
+    env: dict | None = None,
+    timeout: int = 300,
+    module: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     """`python run.py <overrides>` as a user would type it; returns the finished process."""
     cmd = (module or [sys.executable, str(REPO / "run.py")]) + list(overrides)
-    return subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
-TOY = ["hydra.searchpath=[file://" + str(REPO / "tests/toy/conf") + "]",
-       "model=toy", "loss=toy", "dataset=toy", "print_config=false",
-       "trainer.num_workers=0", "trainer.progress_bar=false"]
+TOY = [
+    "hydra.searchpath=[file://" + str(REPO / "tests/toy/conf") + "]",
+    "model=toy",
+    "loss=toy",
+    "dataset=toy",
+    "print_config=false",
+    "trainer.num_workers=0",
+    "trainer.progress_bar=false",
+]
 
 
 @pytest.fixture(scope="session")

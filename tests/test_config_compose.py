@@ -1,5 +1,6 @@
 """Every config that should compose does, with the right types; incompatible picks and typos
 stop with a message naming the valid choices / the bad key."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,11 @@ def options(group: str) -> list[str]:
 
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp/run", "paths.work_dir=/tmp",
-                                           *overrides], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["paths.output_dir=/tmp/run", "paths.work_dir=/tmp", *overrides],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -60,8 +64,9 @@ def test_model_loss_dataset_combinations(model, loss, dataset):
         assert all(f"{bad}={o}" in msg for o in valid)
 
 
-@pytest.mark.parametrize("group", ["optimizer", "scheduler", "trainer", "logger", "paths",
-                                   "experiment", "debug"])
+@pytest.mark.parametrize(
+    "group", ["optimizer", "scheduler", "trainer", "logger", "paths", "experiment", "debug"]
+)
 def test_every_option_of_each_group_composes(group):
     for option in options(group):
         cfg = _compose(f"{group}={option}")
@@ -79,14 +84,17 @@ def test_ws_dan_paper_recipe():
     assert (s._target_.endswith("StepLR"), s.step_size, s.gamma) == (True, 2, 0.9)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("trainer.max_epoch=3", "max_epoch"),
-    ("trainer.batch_size=big", "batch_size"),
-    ("optimizer.momentum=fast", "momentum"),
-    ("scheduler.step_sise=2", "step_sise"),
-    ("logger.projekt=x", "projekt"),
-    ("paths.data=x", "data"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("trainer.max_epoch=3", "max_epoch"),
+        ("trainer.batch_size=big", "batch_size"),
+        ("optimizer.momentum=fast", "momentum"),
+        ("scheduler.step_sise=2", "step_sise"),
+        ("logger.projekt=x", "projekt"),
+        ("paths.data=x", "data"),
+    ],
+)
 def test_schema_rejects_typos_and_wrong_types(override, needle):
     with pytest.raises(ConfigCompositionException) as e:
         _compose(override)

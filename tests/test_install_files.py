@@ -1,5 +1,6 @@
 """requirements*.txt and environment.yml pin the same versions; .ci/run runs the README's
 test command."""
+
 from __future__ import annotations
 
 import re

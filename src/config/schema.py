@@ -4,6 +4,7 @@ Each group yaml (e.g. ``conf/optimizer/sgd.yaml``) starts from its schema throug
 list (``- sgd_schema``), so a typo'd key or a wrong type fails when the config is composed,
 before any work starts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -137,4 +138,3 @@ def register_configs() -> None:
     cs.store(group="logger", name="wandb_schema", node=WandbConfig)
     cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
-

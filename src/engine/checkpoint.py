@@ -4,6 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and containers:
 ``{"task": state_dict, "optim": ..., "schedulers": ..., "rng": ..., "progress": ..., "best":
 ..., "config": yaml string}`` — everything needed to continue exactly where the run stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 
 # numpy RNG state holds an ndarray and a dtype: allow exactly those for weights_only loads
-_SAFE_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType,
-                 np._core.multiarray._reconstruct]  # type: ignore[attr-defined]
+_SAFE_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]  # type: ignore[attr-defined]
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

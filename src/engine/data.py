@@ -5,6 +5,7 @@ run skips the batches already consumed in the current epoch. The sampler yields
 ``(epoch, index)`` pairs, and ``SeededDataset`` turns them into ``load(index, rng)`` calls with
 ``rng = sample_rng(seed, epoch, index)``, so augmentation does not depend on workers or resume.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,18 @@ class ResumableSampler(Sampler):
     DistributedSampler (padding by repetition so every rank gets the same count), truncated to
     ``limit`` batches, starting at batch ``start_batch`` of the epoch."""
 
-    def __init__(self, length: int, *, shuffle: bool, seed: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False, limit: int = -1):
+    def __init__(
+        self,
+        length: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        limit: int = -1,
+    ):
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.drop_last, self.limit = drop_last, limit
@@ -68,20 +79,43 @@ class ResumableSampler(Sampler):
         total = math.ceil(self.length / self.world_size) * self.world_size
         if total > self.length:  # pad by repeating, as DistributedSampler does
             order = torch.cat([order, order[: total - self.length]])
-        shard = order[self.rank::self.world_size][: self._per_rank()]
-        for index in shard[self.start_batch * self.batch_size:].tolist():
+        shard = order[self.rank :: self.world_size][: self._per_rank()]
+        for index in shard[self.start_batch * self.batch_size :].tolist():
             yield self.epoch, index
 
 
-def make_loader(dataset: Any, *, train: bool, batch_size: int, seed: int, collate,
-                num_workers: int, rank: int, world_size: int, limit: int,
-                pin_memory: bool = False) -> DataLoader:
-    sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, batch_size=batch_size,
-                               rank=rank, world_size=world_size, drop_last=train, limit=limit)
+def make_loader(
+    dataset: Any,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    collate,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    limit: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    sampler = ResumableSampler(
+        len(dataset),
+        shuffle=train,
+        seed=seed,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        drop_last=train,
+        limit=limit,
+    )
     return DataLoader(
-        SeededDataset(dataset, seed, train), batch_size=batch_size, sampler=sampler,
-        num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-        drop_last=train, persistent_workers=False,
+        SeededDataset(dataset, seed, train),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=train,
+        persistent_workers=False,
         # a private generator: creating an iterator must not consume the global torch RNG,
         # or a resumed run would diverge from a straight one
         generator=torch.Generator().manual_seed(seed),

@@ -1,4 +1,5 @@
 """DDP under torchrun: process group from the environment, rank helpers, DDP wrapping."""
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,12 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(task: nn.Module, names: tuple[str, ...], device: torch.device,
-             find_unused_parameters: bool = False) -> None:
+def wrap_ddp(
+    task: nn.Module,
+    names: tuple[str, ...],
+    device: torch.device,
+    find_unused_parameters: bool = False,
+) -> None:
     """Replace the named submodules of ``task`` by DDP wrappers, in place."""
     for name in names:
         module = getattr(task, name)
@@ -74,8 +79,13 @@ def wrap_ddp(task: nn.Module, names: tuple[str, ...], device: torch.device,
         ):
             continue
         ids = [device.index] if device.type == "cuda" else None
-        setattr(task, name, DistributedDataParallel(
-            module, device_ids=ids, find_unused_parameters=find_unused_parameters))
+        setattr(
+            task,
+            name,
+            DistributedDataParallel(
+                module, device_ids=ids, find_unused_parameters=find_unused_parameters
+            ),
+        )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@
 gradient accumulation, clipping and NaN/inf skipping. Automatic Tasks never see it (the engine
 calls it with ``"loss"``); manual Tasks (GANs) call it for each of their optimizers in turn.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,9 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def build_optimizers(groups: dict[str, list],
-                     opt_cfg: DictConfig) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(
+    groups: dict[str, list], opt_cfg: DictConfig
+) -> dict[str, torch.optim.Optimizer]:
     return {name: instantiate(opt_cfg, params) for name, params in groups.items()}
 
 
@@ -34,9 +36,16 @@ def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], sched_cfg: Di
 
 
 class Optimization:
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], *, device: torch.device,
-                 precision: str = "fp32", grad_clip_norm: float | None = None,
-                 accumulate: int = 1, max_consecutive_nonfinite: int = 10):
+    def __init__(
+        self,
+        optimizers: dict[str, torch.optim.Optimizer],
+        *,
+        device: torch.device,
+        precision: str = "fp32",
+        grad_clip_norm: float | None = None,
+        accumulate: int = 1,
+        max_consecutive_nonfinite: int = 10,
+    ):
         self.optimizers = optimizers
         self.device = device
         self.grad_clip_norm = grad_clip_norm
@@ -70,7 +79,8 @@ class Optimization:
                 raise NonFiniteLossError(
                     f"{self.nonfinite_consecutive} non-finite losses in a row (optimizer "
                     f"'{name}'): lower optimizer.lr, set trainer.grad_clip_norm, or try "
-                    "trainer.precision=fp32")
+                    "trainer.precision=fp32"
+                )
             return False
         self.nonfinite_consecutive = 0
         self.scalers[name].scale(loss / self.accumulate).backward()

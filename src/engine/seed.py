@@ -1,4 +1,5 @@
 """Seeding: python, numpy, torch (seed 0 included) and per-sample augmentation generators."""
+
 from __future__ import annotations
 
 import random

@@ -1,5 +1,6 @@
 """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit cleanly (SLURM
 preemption, Ctrl-C). A second signal restores the default handler's behaviour."""
+
 from __future__ import annotations
 
 import signal

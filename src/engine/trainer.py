@@ -1,4 +1,5 @@
 """The one training loop, for every Task (see src/tasks/base.py for the contract)."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ def resolve_device(accelerator: str) -> torch.device:
     if accelerator == "cpu":
         return torch.device("cpu")
     if accelerator == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.accelerator=cuda but no CUDA device is visible; "
-                           "use trainer.accelerator=auto or cpu")
+        raise RuntimeError(
+            "trainer.accelerator=cuda but no CUDA device is visible; "
+            "use trainer.accelerator=auto or cpu"
+        )
     if accelerator not in ("auto", "cuda"):
         raise ValueError(f"trainer.accelerator must be auto|cpu|cuda, got {accelerator!r}")
     if torch.cuda.is_available():
@@ -58,8 +61,17 @@ def _scalars(d: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 class Trainer:
-    def __init__(self, task, cfg, run_dir: Path, logger, *, seed: int | None,
-                 optimizer_cfg: Any = None, scheduler_cfg: Any = None):
+    def __init__(
+        self,
+        task,
+        cfg,
+        run_dir: Path,
+        logger,
+        *,
+        seed: int | None,
+        optimizer_cfg: Any = None,
+        scheduler_cfg: Any = None,
+    ):
         self.task, self.cfg, self.run_dir, self.logger = task, cfg, Path(run_dir), logger
         self.optimizer_cfg, self.scheduler_cfg = optimizer_cfg, scheduler_cfg
         self._last_eval_step = -1
@@ -85,8 +97,11 @@ class Trainer:
             "optim": self.opt.state_dict(),
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "rng": rng_state(),
-            "progress": {"global_step": self.global_step, "epoch": self.epoch,
-                         "batch_in_epoch": self.batch_in_epoch},
+            "progress": {
+                "global_step": self.global_step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+            },
             "best": self.best,
             "monitor": self.task.monitor,
         }
@@ -102,9 +117,11 @@ class Trainer:
         ckpt = load(path)
         missing = [k for k in ("task", "optim", "progress", "rng") if k not in ckpt]
         if missing:
-            raise RuntimeError(f"{path} is a weights file, not a training checkpoint "
-                               f"(missing {missing}); to start from its weights use "
-                               "mode=eval/predict, or pass it as the model's weights option")
+            raise RuntimeError(
+                f"{path} is a weights file, not a training checkpoint "
+                f"(missing {missing}); to start from its weights use "
+                "mode=eval/predict, or pass it as the model's weights option"
+            )
         self.task.load_state_dict(ckpt["task"])
         self.opt.load_state_dict(ckpt["optim"])
         for n, s in self.schedulers.items():
@@ -112,10 +129,18 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         p = ckpt["progress"]
         self.global_step, self.epoch, self.batch_in_epoch = (
-            p["global_step"], p["epoch"], p["batch_in_epoch"])
+            p["global_step"],
+            p["epoch"],
+            p["batch_in_epoch"],
+        )
         self.best = ckpt.get("best")
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch,
-                 self.batch_in_epoch, self.global_step)
+        log.info(
+            "resumed from %s at epoch %d, batch %d, step %d",
+            path,
+            self.epoch,
+            self.batch_in_epoch,
+            self.global_step,
+        )
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Weights for eval/predict/export. Model keys must match exactly; loss state (e.g.
@@ -124,14 +149,16 @@ class Trainer:
         try:
             missing, unexpected = self.task.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise CheckpointError(f"{path} does not fit this model: "
-                                  f"{str(e).splitlines()[-1].strip()}") from e
+            raise CheckpointError(
+                f"{path} does not fit this model: {str(e).splitlines()[-1].strip()}"
+            ) from e
         bad = [k for k in [*missing, *unexpected] if not k.startswith("loss.")]
         if bad:
             raise CheckpointError(
                 f"{path} does not fit this model: {len(missing)} missing and {len(unexpected)} "
                 f"unexpected keys (e.g. {', '.join(bad[:3])}); was it trained with another "
-                "model= or model options?")
+                "model= or model options?"
+            )
 
     # ---- loaders -------------------------------------------------------------------
     def _loader(self, split: str, train: bool):
@@ -141,11 +168,17 @@ class Trainer:
         c = self.cfg
         bs = c.batch_size if train else (c.eval_batch_size or c.batch_size)
         return make_loader(
-            data[split], train=train, batch_size=bs, seed=self.seed, collate=self.task.collate,
-            num_workers=c.num_workers, rank=self.rank if train else 0,
+            data[split],
+            train=train,
+            batch_size=bs,
+            seed=self.seed,
+            collate=self.task.collate,
+            num_workers=c.num_workers,
+            rank=self.rank if train else 0,
             world_size=self.world if train else 1,
             limit=c.limit_train_batches if train else c.limit_val_batches,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda",
+        )
 
     # ---- evaluation ----------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -156,12 +189,18 @@ class Trainer:
             if loader is not None:
                 was_training = self.task.training
                 self.task.eval()
-                with torch.random.fork_rng(devices=[] if self.device.type == "cpu"
-                                           else [self.device]), \
-                        D.unwrapped(self.task, self.task.ddp_modules), torch.no_grad(), \
-                        autocast_context(self.device, self.cfg.precision):
-                    metrics = {f"val/{k}": float(v) for k, v in
-                               self.task.evaluate(DeviceLoader(loader, self.device)).items()}
+                with (
+                    torch.random.fork_rng(
+                        devices=[] if self.device.type == "cpu" else [self.device]
+                    ),
+                    D.unwrapped(self.task, self.task.ddp_modules),
+                    torch.no_grad(),
+                    autocast_context(self.device, self.cfg.precision),
+                ):
+                    metrics = {
+                        f"val/{k}": float(v)
+                        for k, v in self.task.evaluate(DeviceLoader(loader, self.device)).items()
+                    }
                     images = {}
                     if getattr(self.logger.backend, "log_images_enabled", False):
                         first = next(iter(loader))
@@ -177,8 +216,9 @@ class Trainer:
         value = metrics.get(self.task.monitor)
         if value is None or not math.isfinite(value):
             return False
-        better = (self.best is None or
-                  (value > self.best if self.task.monitor_mode == "max" else value < self.best))
+        better = self.best is None or (
+            value > self.best if self.task.monitor_mode == "max" else value < self.best
+        )
         if better:
             self.best = value
         return better
@@ -194,10 +234,13 @@ class Trainer:
     def fit(self, ckpt_path: str | None = None) -> dict[str, Any]:
         c, task = self.cfg, self.task
         self.opt = Optimization(
-            build_optimizers(task.optimizer_groups(), self.optimizer_cfg), device=self.device,
-            precision=c.precision, grad_clip_norm=c.grad_clip_norm,
+            build_optimizers(task.optimizer_groups(), self.optimizer_cfg),
+            device=self.device,
+            precision=c.precision,
+            grad_clip_norm=c.grad_clip_norm,
             accumulate=c.accumulate_grad_batches,
-            max_consecutive_nonfinite=c.max_consecutive_nonfinite)
+            max_consecutive_nonfinite=c.max_consecutive_nonfinite,
+        )
         self.schedulers, interval = build_schedulers(self.opt.optimizers, self.scheduler_cfg)
         if ckpt_path:
             self.restore(ckpt_path)
@@ -212,7 +255,8 @@ class Trainer:
             raise RuntimeError(
                 f"the train split gives no full batch of {c.batch_size} per process "
                 f"({len(task.datasets()['train'])} samples, {self.world} processes): lower "
-                "trainer.batch_size or add data")
+                "trainer.batch_size or add data"
+            )
         max_steps = c.max_steps if c.max_steps > 0 else c.max_epochs * steps_per_epoch
         stop = "completed"
         task.train()
@@ -220,9 +264,14 @@ class Trainer:
             while self.global_step < max_steps and self.epoch < c.max_epochs:
                 sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 task.on_train_epoch_start(self.epoch)
-                bar = tqdm(total=sampler.num_batches(), initial=self.batch_in_epoch,
-                           desc=f"epoch {self.epoch}", dynamic_ncols=True, leave=False,
-                           disable=not (c.progress_bar and D.is_rank_zero()))
+                bar = tqdm(
+                    total=sampler.num_batches(),
+                    initial=self.batch_in_epoch,
+                    desc=f"epoch {self.epoch}",
+                    dynamic_ncols=True,
+                    leave=False,
+                    disable=not (c.progress_bar and D.is_rank_zero()),
+                )
                 t0 = time.time()
                 for batch in loader:
                     n_images = batch_size_of(batch) * self.world
@@ -250,12 +299,16 @@ class Trainer:
                         for n, o in self.opt.optimizers.items():
                             logs[f"lr/{n}"] = o.param_groups[0]["lr"]
                         self.logger.log_metrics(logs, self.global_step, self.epoch)
-                        bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}",
-                                        img_s=f"{logs['train/images_per_s']:.1f}")
+                        bar.set_postfix(
+                            loss=f"{logs.get('train/loss', float('nan')):.4f}",
+                            img_s=f"{logs['train/images_per_s']:.1f}",
+                        )
                     if c.eval_every_n_steps and self.global_step % c.eval_every_n_steps == 0:
                         self._after_eval(self.evaluate())
-                    if c.checkpoint_every_n_steps and \
-                            self.global_step % c.checkpoint_every_n_steps == 0:
+                    if (
+                        c.checkpoint_every_n_steps
+                        and self.global_step % c.checkpoint_every_n_steps == 0
+                    ):
                         self.save("last.ckpt")
                     if c.preempt_at_step == self.global_step:
                         os.kill(os.getpid(), signal.SIGTERM)
@@ -279,8 +332,9 @@ class Trainer:
                     self.save("last.ckpt")
         if stop != "completed":
             self.save("last.ckpt")  # resume point, whatever save_last says
-        elif self._last_eval_step != self.global_step and (c.eval_every_n_epochs
-                                                            or c.eval_every_n_steps):
+        elif self._last_eval_step != self.global_step and (
+            c.eval_every_n_epochs or c.eval_every_n_steps
+        ):
             self._after_eval(self.evaluate())  # the final weights are always evaluated
         D.barrier()
         return self.summary(stop)

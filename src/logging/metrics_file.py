@@ -1,4 +1,5 @@
 """metrics.jsonl (one JSON object per logging call) and summary.json in the run dir."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """What the engine logs to: metrics.jsonl always, W&B when configured; rank 0 only."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ class RunLogger:
         if self.backend is not None:
             self.backend.log_images(images, step)
 
-    def finish(self, summary: dict[str, Any], exit_code: int = 0,
-               artifacts: list[Path] | None = None) -> None:
+    def finish(
+        self, summary: dict[str, Any], exit_code: int = 0, artifacts: list[Path] | None = None
+    ) -> None:
         if not self.enabled:
             return
         write_summary(self.run_dir, summary)

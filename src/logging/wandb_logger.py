@@ -3,6 +3,7 @@
 One W&B run per Hydra job; in a multirun every job joins a group named after the sweep, and
 ``finish()`` is always called (also when the job fails), so the next job gets a fresh run.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,28 +12,42 @@ from typing import Any
 
 
 class WandbLogger:
-    def __init__(self, project: str = "cv-experiments", entity: str | None = None,
-                 mode: str = "offline", name: str | None = None, group: str | None = None,
-                 tags: list[str] | None = None, log_images: bool = True, num_images: int = 4,
-                 log_checkpoint: bool = False):
-        self.kwargs = dict(project=project, entity=entity, mode=mode, name=name, group=group,
-                           tags=list(tags or []))
+    def __init__(
+        self,
+        project: str = "cv-experiments",
+        entity: str | None = None,
+        mode: str = "offline",
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        log_images: bool = True,
+        num_images: int = 4,
+        log_checkpoint: bool = False,
+    ):
+        self.kwargs = dict(
+            project=project, entity=entity, mode=mode, name=name, group=group, tags=list(tags or [])
+        )
         self.log_images_enabled = log_images
         self.num_images = num_images
         self.log_checkpoint = log_checkpoint
         self.run = None
 
-    def start(self, run_dir: Path, config: dict[str, Any], job_name: str | None,
-              sweep_group: str | None) -> None:
+    def start(
+        self, run_dir: Path, config: dict[str, Any], job_name: str | None, sweep_group: str | None
+    ) -> None:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
         kwargs = dict(self.kwargs)
         kwargs["group"] = kwargs["group"] or sweep_group
         kwargs["name"] = kwargs["name"] or job_name
-        self.run = wandb.init(dir=str(run_dir), config=config, reinit="finish_previous",
-                              settings=wandb.Settings(console="off", x_disable_stats=True),
-                              **kwargs)
+        self.run = wandb.init(
+            dir=str(run_dir),
+            config=config,
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+            **kwargs,
+        )
 
     @property
     def run_dir(self) -> str | None:
@@ -47,8 +62,13 @@ class WandbLogger:
             return
         import wandb
 
-        self.run.log({key: [wandb.Image(img, caption=cap) for img, cap in items[: self.num_images]]
-                      for key, items in images.items()}, step=step)
+        self.run.log(
+            {
+                key: [wandb.Image(img, caption=cap) for img, cap in items[: self.num_images]]
+                for key, items in images.items()
+            },
+            step=step,
+        )
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         if self.run is not None:

@@ -55,6 +55,7 @@ The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
 ``src.nn.force_best_anchors``; the sparse IoU is ``src.nn.sparse.SparseIOU`` (any anchor-grid
 detector: its matchers and samplers take it in place of the dense IoU).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -155,17 +156,21 @@ class MultiBoxLoss(nn.Module):
     ):
         super().__init__()
         if num_classes != 2:
-            raise ValueError(f"MultiBoxLoss: num_classes must be 2 (background, face), "
-                             f"got {num_classes}")
+            raise ValueError(
+                f"MultiBoxLoss: num_classes must be 2 (background, face), got {num_classes}"
+            )
         if landmark_loss not in LANDMARK_LOSSES:
-            raise ValueError(f"MultiBoxLoss: landmark_loss={landmark_loss!r}: choose one of "
-                             f"{LANDMARK_LOSSES}")
+            raise ValueError(
+                f"MultiBoxLoss: landmark_loss={landmark_loss!r}: choose one of {LANDMARK_LOSSES}"
+            )
         if classification not in CLASSIFICATIONS:
-            raise ValueError(f"MultiBoxLoss: classification={classification!r}: choose one of "
-                             f"{CLASSIFICATIONS}")
+            raise ValueError(
+                f"MultiBoxLoss: classification={classification!r}: choose one of {CLASSIFICATIONS}"
+            )
         if assignment not in ASSIGNMENTS:
-            raise ValueError(f"MultiBoxLoss: assignment={assignment!r}: choose one of "
-                             f"{ASSIGNMENTS}")
+            raise ValueError(
+                f"MultiBoxLoss: assignment={assignment!r}: choose one of {ASSIGNMENTS}"
+            )
         v0, v1 = (float(v) for v in variances)
         self.assignment = assignment
         self.min_sizes = tuple(tuple(int(x) for x in m) for m in min_sizes)
@@ -175,7 +180,10 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.variances = (v0, v1)
         self.loc_weight, self.cls_weight, self.landm_weight = (
-            float(loc_weight), float(cls_weight), float(landm_weight))
+            float(loc_weight),
+            float(cls_weight),
+            float(landm_weight),
+        )
         self.landmark_loss = landmark_loss
         self.classification = classification
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
@@ -189,8 +197,9 @@ class MultiBoxLoss(nn.Module):
 
     # ---- target assignment -----------------------------------------------------------
     @torch.no_grad()
-    def match(self, priors: Tensor, boxes: Tensor,
-              image_size: tuple[int, int] | None = None) -> Tensor:
+    def match(
+        self, priors: Tensor, boxes: Tensor, image_size: tuple[int, int] | None = None
+    ) -> Tensor:
         """``(B, P)`` index of the face each prior is assigned to, -1 for background.
 
         One matching (``_match_rows``) on the IoU of the priors that can matter: all of them
@@ -208,8 +217,14 @@ class MultiBoxLoss(nn.Module):
         # k=1: each face's best priors (ties included) with exact IoU where that IoU is >=
         # ignore_thresh (k_floor: the others are ignored, reported below it); floor: every pair
         # with IoU >= overlap_thresh, in rows exact against every face (see _floor)
-        iou = SparseIOU.from_grid(grid, boxes, floor=self._floor, k=1, anchors=anchors,
-                                  k_floor=min(self.ignore_thresh, self._floor))
+        iou = SparseIOU.from_grid(
+            grid,
+            boxes,
+            floor=self._floor,
+            k=1,
+            anchors=anchors,
+            k_floor=min(self.ignore_thresh, self._floor),
+        )
         iou.check_threshold(type(self).__name__, "overlap_thresh", self.overlap_thresh)
         return iou.expand(self._match_rows(iou.iou, pad), -1)
 
@@ -246,8 +261,14 @@ class MultiBoxLoss(nn.Module):
         return self.overlap_thresh
 
     @torch.no_grad()
-    def assign(self, priors: Tensor, boxes: Tensor, labels: Tensor, landmarks: Tensor,
-               image_size: tuple[int, int] | None = None) -> MultiBoxTargets:
+    def assign(
+        self,
+        priors: Tensor,
+        boxes: Tensor,
+        labels: Tensor,
+        landmarks: Tensor,
+        image_size: tuple[int, int] | None = None,
+    ) -> MultiBoxTargets:
         """Matches and encoded targets for a batch (see ``forward`` for the shapes)."""
         if boxes.shape[1] == 0:  # no face in the whole batch: one padding row keeps shapes
             boxes = boxes.new_full((boxes.shape[0], 1, 4), -1.0)
@@ -257,8 +278,9 @@ class MultiBoxLoss(nn.Module):
         samples = (matches >= 0).to(boxes.dtype)
         anchors = center_to_corner(priors.to(boxes.dtype))
         loc_t, _ = self.box_encoder(samples, matches, anchors, boxes)
-        landm_t, landm_m = self.landm_encoder(samples, matches, anchors,
-                                              landmarks.reshape(*landmarks.shape[:2], 10))
+        landm_t, landm_m = self.landm_encoder(
+            samples, matches, anchors, landmarks.reshape(*landmarks.shape[:2], 10)
+        )
         matched_label = gather_matched(labels.unsqueeze(-1), matches).squeeze(-1)
         landm_mask = (landm_m[..., 0] > 0) & (matched_label > 0)
         landm_t = torch.where(landm_mask.unsqueeze(-1), landm_t, torch.zeros_like(landm_t))
@@ -273,19 +295,24 @@ class MultiBoxLoss(nn.Module):
             return False
         if self._floor <= 0:
             if self.assignment == "windowed":
-                raise ValueError(f"MultiBoxLoss: assignment=windowed needs ignore_thresh and "
-                                 f"overlap_thresh > 0, got {self.ignore_thresh} and "
-                                 f"{self.overlap_thresh}")
+                raise ValueError(
+                    f"MultiBoxLoss: assignment=windowed needs ignore_thresh and "
+                    f"overlap_thresh > 0, got {self.ignore_thresh} and "
+                    f"{self.overlap_thresh}"
+                )
             return False
         fits = priors.shape[0] == num_priors(tuple(image_size), self.min_sizes, self.steps)
         if fits:  # the same grid (cached tensors: usually the very same object)
-            grid = prior_boxes(tuple(image_size), self.min_sizes, self.steps, False,
-                               priors.device, priors.dtype)
+            grid = prior_boxes(
+                tuple(image_size), self.min_sizes, self.steps, False, priors.device, priors.dtype
+            )
             fits = grid is priors or torch.equal(grid, priors)
         if self.assignment == "windowed":
             if not fits:
-                raise ValueError(f"MultiBoxLoss: assignment=windowed needs the priors of "
-                                 f"image_size={tuple(image_size)} (min_sizes/steps of the loss)")
+                raise ValueError(
+                    f"MultiBoxLoss: assignment=windowed needs the priors of "
+                    f"image_size={tuple(image_size)} (min_sizes/steps of the loss)"
+                )
             return True
         return fits and device.type == "cpu"
 
@@ -301,8 +328,7 @@ class MultiBoxLoss(nn.Module):
         loss_landm = (per * landm_pos.unsqueeze(-1).to(landm.dtype)).sum()
         return loss_loc, loss_landm
 
-    def _mined_ce_sparse(self, conf: Tensor, pos: Tensor,
-                         num_pos: Tensor | None = None) -> Tensor:
+    def _mined_ce_sparse(self, conf: Tensor, pos: Tensor, num_pos: Tensor | None = None) -> Tensor:
         """Summed cross-entropy over the positives and the hard negatives, computed on those
         rows only (the host-synchronising path): the same negatives as ``HardNegativeSampler``
         (the ``floor(ratio * num_pos)`` largest background losses of each image; ties may pick
@@ -314,7 +340,8 @@ class MultiBoxLoss(nn.Module):
                 num_pos = pos.sum(dim=1)
             num_neg = torch.minimum(
                 torch.floor(num_pos.to(torch.float64) * self.neg_pos_ratio).long(),
-                pos.shape[1] - num_pos)
+                pos.shape[1] - num_pos,
+            )
             k = int(num_neg.max()) if num_neg.numel() else 0
             chosen = pos.clone()
             if k > 0:
@@ -328,9 +355,15 @@ class MultiBoxLoss(nn.Module):
         picked = conf.reshape(-1, conf.shape[-1])[rows]
         return F.cross_entropy(picked, pos.reshape(-1)[rows].long(), reduction="sum")
 
-    def forward(self, predictions: Sequence[Tensor], priors: Tensor, boxes: Tensor,
-                labels: Tensor, landmarks: Tensor,
-                image_size: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        predictions: Sequence[Tensor],
+        priors: Tensor,
+        boxes: Tensor,
+        labels: Tensor,
+        landmarks: Tensor,
+        image_size: tuple[int, int] | None = None,
+    ) -> dict[str, Tensor]:
         loc, conf, landm = predictions
         boxes, landmarks = boxes.to(loc.dtype), landmarks.to(loc.dtype)
         bsz = loc.shape[0]
@@ -352,19 +385,26 @@ class MultiBoxLoss(nn.Module):
                 anchors = center_to_corner(priors[prior].to(loc.dtype))
                 fid = face[None]
                 loc_t = self.box_encoder(ones, fid, anchors, boxes.reshape(1, -1, 4))[0][0]
-                landm_t, lm_mask = self.landm_encoder(ones, fid, anchors,
-                                                      landmarks.reshape(1, -1, 10))
+                landm_t, lm_mask = self.landm_encoder(
+                    ones, fid, anchors, landmarks.reshape(1, -1, 10)
+                )
                 landm_t = landm_t[0]
                 landm_pos = (lm_mask[0, :, 0] > 0) & (labels.reshape(-1)[face] > 0)
             loss_loc, loss_landm = self._regression(
-                loc.reshape(-1, 4)[key], loc_t, torch.ones_like(landm_pos),
-                landm.reshape(-1, 10)[key], landm_t, landm_pos)
+                loc.reshape(-1, 4)[key],
+                loc_t,
+                torch.ones_like(landm_pos),
+                landm.reshape(-1, 10)[key],
+                landm_t,
+                landm_pos,
+            )
         else:
             t = self.assign(priors, boxes, labels, landmarks)
             matches = t.matches
             landm_pos = t.landm_mask
-            loss_loc, loss_landm = self._regression(loc, t.loc, t.positive, landm, t.landm,
-                                                    landm_pos)
+            loss_loc, loss_landm = self._regression(
+                loc, t.loc, t.positive, landm, t.landm, landm_pos
+            )
             pos = t.positive  # (B, P)
         num_pos = pos_per_image.sum() if windowed else pos.sum()
         n = num_pos.clamp(min=1).to(loc.dtype)
@@ -374,8 +414,13 @@ class MultiBoxLoss(nn.Module):
         if self.classification == "focal":
             target = pos.long()
             logit = (conf[..., 1] - conf[..., 0]).reshape(-1, 1)
-            loss_cls = sigmoid_focal_loss(logit, target.reshape(-1), alpha=self.focal_alpha,
-                                          gamma=self.focal_gamma, normalization="positive")
+            loss_cls = sigmoid_focal_loss(
+                logit,
+                target.reshape(-1),
+                alpha=self.focal_alpha,
+                gamma=self.focal_gamma,
+                normalization="positive",
+            )
         elif windowed:
             loss_cls = self._mined_ce_sparse(conf, pos, pos_per_image) / n
         else:
@@ -385,7 +430,13 @@ class MultiBoxLoss(nn.Module):
             ce = -logp.gather(-1, pos.long().unsqueeze(-1)).squeeze(-1)
             loss_cls = (ce * (samples != 0).to(ce.dtype)).sum() / n
 
-        total = (self.loc_weight * loss_loc + self.cls_weight * loss_cls
-                 + self.landm_weight * loss_landm)
-        return {"loss": total, "loc": loss_loc, "cls": loss_cls, "landm": loss_landm,
-                "num_pos": num_pos.detach().to(loc.dtype)}
+        total = (
+            self.loc_weight * loss_loc + self.cls_weight * loss_cls + self.landm_weight * loss_landm
+        )
+        return {
+            "loss": total,
+            "loc": loss_loc,
+            "cls": loss_cls,
+            "landm": loss_landm,
+            "num_pos": num_pos.detach().to(loc.dtype),
+        }

@@ -34,6 +34,7 @@ Documented deviations (none changes an AP the reference can compute):
 * a setting with no kept face at all (possible with tiny synthetic splits) gives AP 0.0 instead of
   NaN, with a warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -189,8 +190,12 @@ class WiderFaceGT:
         for s in SETTINGS:
             gl = cell(
                 [
-                    cell([(self.keep[s][i] + 1).astype(np.int32).reshape(-1, 1)
-                          for i in per_event[e]])
+                    cell(
+                        [
+                            (self.keep[s][i] + 1).astype(np.int32).reshape(-1, 1)
+                            for i in per_event[e]
+                        ]
+                    )
                     for e in events
                 ]
             )
@@ -203,8 +208,7 @@ class WiderFaceGT:
             counts = np.array([len(b) for b in self.boxes], dtype=np.int64)
             starts = np.zeros(len(counts) + 1, dtype=np.int64)
             np.cumsum(counts, out=starts[1:])
-            xywh = (np.concatenate(self.boxes, axis=0) if len(self.boxes)
-                    else np.zeros((0, 4)))
+            xywh = np.concatenate(self.boxes, axis=0) if len(self.boxes) else np.zeros((0, 4))
             xyxy = xywh.copy()
             xyxy[:, 2] = xywh[:, 2] + xywh[:, 0]
             xyxy[:, 3] = xywh[:, 3] + xywh[:, 1]
@@ -216,8 +220,9 @@ class WiderFaceGT:
                         m[starts[i] + k] = True
                 kept[s] = m
             count_face = {s: int(sum(len(k) for k in lists)) for s, lists in self.keep.items()}
-            self._flat.update(counts=counts, starts=starts, xyxy=xyxy, kept=kept,
-                              count_face=count_face)
+            self._flat.update(
+                counts=counts, starts=starts, xyxy=xyxy, kept=kept, count_face=count_face
+            )
         return self._flat
 
 
@@ -370,8 +375,11 @@ def evaluate_widerface(
         chunks.append(a)
         img_ids.append(np.full(len(a), i, dtype=np.int64))
     if missing:
-        log.info("widerface eval: %d of %d images have no predictions entry (no detections)",
-                 missing, len(gt))
+        log.info(
+            "widerface eval: %d of %d images have no predictions entry (no detections)",
+            missing,
+            len(gt),
+        )
     if chunks:
         p = np.concatenate(chunks)
         pred_img = np.concatenate(img_ids)

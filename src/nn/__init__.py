@@ -6,6 +6,7 @@ with ``-1`` padding rows; matchers return -1 for unmatched; samplers return +1 p
 On CPU, ``SparseIOU.from_grid(AnchorGrid(...), boxes, floor)`` stands in for the dense IoU of an
 anchor grid (exact; see ``src/nn/README.md``).
 """
+
 from .anchor import AnchorGrid
 from .bbox import (
     BBoxArea,

@@ -26,6 +26,7 @@ t, and an absolute slack of 8 float32 ulps of the largest coordinate on every ov
 side length (anchors cast to float32 and converted to corners move by a few ulps). Extra
 pairs are harmless; no pair whose float32 or float64 IoU reaches ``min_iou`` is missed.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,17 +63,23 @@ class AnchorGrid:
     shapes of side ``min_sizes[k][a]``). Values are computed in float64 and then cast.
     """
 
-    def __init__(self, image_size: Sequence[int], steps: Sequence[float],
-                 sizes: Sequence[Sequence[Sequence[float]]], offset: float = 0.5,
-                 normalized: bool = True):
+    def __init__(
+        self,
+        image_size: Sequence[int],
+        steps: Sequence[float],
+        sizes: Sequence[Sequence[Sequence[float]]],
+        offset: float = 0.5,
+        normalized: bool = True,
+    ):
         if len(image_size) != 2:
             raise ValueError(f"AnchorGrid: image_size must be (H, W), got {image_size!r}")
         h, w = int(image_size[0]), int(image_size[1])
         if h <= 0 or w <= 0:
             raise ValueError(f"AnchorGrid: image_size must be positive, got {(h, w)}")
         if len(steps) != len(sizes):
-            raise ValueError(f"AnchorGrid: sizes has {len(sizes)} levels but steps has "
-                             f"{len(steps)}")
+            raise ValueError(
+                f"AnchorGrid: sizes has {len(sizes)} levels but steps has {len(steps)}"
+            )
         if len(steps) == 0:
             raise ValueError("AnchorGrid: at least one level is needed")
         steps_t = tuple(_number(s) for s in steps)
@@ -86,8 +93,10 @@ class AnchorGrid:
                     raise ValueError(f"AnchorGrid: level {k}: a shape is (w, h), got {wh!r}")
                 sw, sh = _number(wh[0]), _number(wh[1])
                 if not (sw > 0 and sh > 0 and math.isfinite(sw) and math.isfinite(sh)):
-                    raise ValueError(f"AnchorGrid: level {k}: anchor sides must be positive "
-                                     f"and finite, got {(sw, sh)}")
+                    raise ValueError(
+                        f"AnchorGrid: level {k}: anchor sides must be positive "
+                        f"and finite, got {(sw, sh)}"
+                    )
                 lv.append((sw, sh))
             if not lv:
                 raise ValueError(f"AnchorGrid: level {k} has no anchor shape")
@@ -98,18 +107,26 @@ class AnchorGrid:
         self.offset = float(offset)
         self.normalized = bool(normalized)
         self.feature_map_sizes: list[tuple[int, int]] = [
-            (math.ceil(h / s), math.ceil(w / s)) for s in self.steps]
+            (math.ceil(h / s), math.ceil(w / s)) for s in self.steps
+        ]
         self.num_anchors_per_level: list[int] = [
-            fh * fw * len(sz) for (fh, fw), sz in zip(self.feature_map_sizes, self.sizes)]
+            fh * fw * len(sz) for (fh, fw), sz in zip(self.feature_map_sizes, self.sizes)
+        ]
         self._tables: dict[torch.device, dict[str, Tensor]] = {}
 
     @classmethod
-    def square(cls, image_size: Sequence[int], steps: Sequence[float],
-               min_sizes: Sequence[Sequence[float]], offset: float = 0.5,
-               normalized: bool = True) -> AnchorGrid:
+    def square(
+        cls,
+        image_size: Sequence[int],
+        steps: Sequence[float],
+        min_sizes: Sequence[Sequence[float]],
+        offset: float = 0.5,
+        normalized: bool = True,
+    ) -> AnchorGrid:
         """Square shapes of side ``min_sizes[k][a]`` pixels (RetinaFace's ``PriorBox``)."""
-        return cls(image_size, steps, [[(s, s) for s in level] for level in min_sizes],
-                   offset, normalized)
+        return cls(
+            image_size, steps, [[(s, s) for s in level] for level in min_sizes], offset, normalized
+        )
 
     @property
     def num_anchors(self) -> int:
@@ -128,8 +145,10 @@ class AnchorGrid:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return (f"AnchorGrid(image_size={self.image_size}, steps={self.steps}, "
-                f"sizes={self.sizes}, offset={self.offset}, normalized={self.normalized})")
+        return (
+            f"AnchorGrid(image_size={self.image_size}, steps={self.steps}, "
+            f"sizes={self.sizes}, offset={self.offset}, normalized={self.normalized})"
+        )
 
     # ---- anchors ---------------------------------------------------------------------
     def _scale(self) -> tuple[float, float]:
@@ -137,8 +156,12 @@ class AnchorGrid:
         h, w = self.image_size
         return (float(w), float(h)) if self.normalized else (1.0, 1.0)
 
-    def anchors(self, fmt: str = "corner", device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+    def anchors(
+        self,
+        fmt: str = "corner",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """All anchors, ``(N, 4)``: ``corner`` ``(x1, y1, x2, y2)`` or ``center`` ``(cx, cy, w,
         h)``, computed in float64 and then cast (corners as ``cx -/+ w / 2`` in float64)."""
         if fmt not in ("corner", "center"):
@@ -179,24 +202,34 @@ class AnchorGrid:
             for a, (sw, sh) in enumerate(shapes):
                 pw[k, a], ph[k, a], ok[k, a] = sw / sx, sh / sy, True
         # largest |coordinate| an anchor corner can have, for the float32 slack
-        reach = max(max((fw + abs(self.offset)) * st / sx, (fh + abs(self.offset)) * st / sy)
-                    + max(max(s) for s in shapes) / min(sx, sy)
-                    for (fh, fw), st, shapes in zip(self.feature_map_sizes, self.steps,
-                                                    self.sizes))
+        reach = max(
+            max((fw + abs(self.offset)) * st / sx, (fh + abs(self.offset)) * st / sy)
+            + max(max(s) for s in shapes) / min(sx, sy)
+            for (fh, fw), st, shapes in zip(self.feature_map_sizes, self.steps, self.sizes)
+        )
         base = [0]
         for n in self.num_anchors_per_level[:-1]:
             base.append(base[-1] + n)
         i64, f64 = torch.long, torch.float64
         tab = {
-            "pw": pw, "ph": ph, "ok": ok,
+            "pw": pw,
+            "ph": ph,
+            "ok": ok,
             "step": torch.tensor(self.steps, dtype=f64),
             "fh": torch.tensor([f[0] for f in self.feature_map_sizes], dtype=f64),
             "fh_i": torch.tensor([f[0] for f in self.feature_map_sizes], dtype=i64),
             "slot": torch.arange(a_max, dtype=i64),
             "reach": torch.tensor(reach, dtype=f64),
             # per level: step, columns, shapes, index of the first anchor (exact in float64)
-            "level": torch.tensor([[st, fw, len(sz), b] for st, (_, fw), sz, b in zip(
-                self.steps, self.feature_map_sizes, self.sizes, base)], dtype=f64),
+            "level": torch.tensor(
+                [
+                    [st, fw, len(sz), b]
+                    for st, (_, fw), sz, b in zip(
+                        self.steps, self.feature_map_sizes, self.sizes, base
+                    )
+                ],
+                dtype=f64,
+            ),
         }
         tab = {k: v.to(device) for k, v in tab.items()}
         self._tables[device] = tab
@@ -223,8 +256,10 @@ class AnchorGrid:
         if not 0.0 < t <= 1.0:  # also rejects NaN
             raise ValueError(f"AnchorGrid.candidates: min_iou must be in (0, 1], got {min_iou!r}")
         if boxes.shape[-1:] != (4,):
-            raise ValueError(f"AnchorGrid.candidates: boxes must be (..., 4) corners, got "
-                             f"shape {tuple(boxes.shape)}")
+            raise ValueError(
+                f"AnchorGrid.candidates: boxes must be (..., 4) corners, got "
+                f"shape {tuple(boxes.shape)}"
+            )
         dev = boxes.device
         g = boxes.detach().reshape(-1, 4).to(torch.float64)
         n_gt = g.shape[0]
@@ -250,12 +285,14 @@ class AnchorGrid:
         pw, ph = tab["pw"][None], tab["ph"][None]  # (1, L, A)
         d3 = delta[:, None, None]
         gw3, gh3 = gw[:, None, None], gh[:, None, None]
-        need = c * ((pw - d3).clamp(min=0) * (ph - d3).clamp(min=0)
-                    + (gw3 - d3).clamp(min=0) * (gh3 - d3).clamp(min=0))  # (G, L, A)
+        need = c * (
+            (pw - d3).clamp(min=0) * (ph - d3).clamp(min=0)
+            + (gw3 - d3).clamp(min=0) * (gh3 - d3).clamp(min=0)
+        )  # (G, L, A)
         mw, mh = torch.minimum(pw, gw3), torch.minimum(ph, gh3)
         dy = need / (mw + d3) - d3  # iy must reach dy (ix at its largest)
         dx_best = need / (mh + d3) - d3  # ix must reach this in the best row
-        feasible = (valid[:, None, None] & tab["ok"][None] & (mh >= dy) & (mw >= dx_best))
+        feasible = valid[:, None, None] & tab["ok"][None] & (mh >= dy) & (mw >= dx_best)
         uy = (tab["step"] / sy)[None, :, None]  # grid units per row
         inf = float("inf")
         lo = torch.where(dy > 0, gy1[:, None, None] + dy - ph / 2, -inf) / uy - off
@@ -286,8 +323,9 @@ class AnchorGrid:
         rx1, rx2, ry1, ry2, d_r, step, fw, na, base = per_seg.reshape(n_seg, 9)[seg].unbind(1)
         need_r, mw_r, pw_r, ph_r = per_shape.reshape(n_seg, -1, 4)[seg].unbind(2)  # (R, A)
         cy = ((row.to(torch.float64) + off) * step / sy)[:, None]  # as anchors()
-        iy = (torch.minimum(cy + ph_r / 2, ry2[:, None])
-              - torch.maximum(cy - ph_r / 2, ry1[:, None])).clamp(min=0)
+        iy = (
+            torch.minimum(cy + ph_r / 2, ry2[:, None]) - torch.maximum(cy - ph_r / 2, ry1[:, None])
+        ).clamp(min=0)
         d_r = d_r[:, None]
         dx = need_r / (iy + d_r) - d_r
         ok = mw_r >= dx
@@ -304,8 +342,7 @@ class AnchorGrid:
         start = _reduce_last(torch.minimum, torch.where(ok, j0 * na + slot, big))
         stop = _reduce_last(torch.maximum, torch.where(ok, j1 * na + slot, -1))
         length = (stop - start + 1).clamp(min=0)
-        start = (base.long() + row * fw[:, 0].long() * na[:, 0]
-                 + torch.where(length > 0, start, 0))
+        start = base.long() + row * fw[:, 0].long() * na[:, 0] + torch.where(length > 0, start, 0)
         total = int(length.sum())
         if total == 0:
             return empty, empty

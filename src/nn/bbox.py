@@ -8,6 +8,7 @@ reports an IoU of ``-1`` for any pair that involves a padding row, so such a pai
 matching threshold ``>= 0`` whatever the ``offset`` (GluonCV gives a padding row of ``-1`` an area
 of 1 with ``offset=1`` and lets it overlap real boxes).
 """
+
 from __future__ import annotations
 
 import torch
@@ -156,8 +157,7 @@ class BBoxBatchIOU(nn.Module):
         eps: kept for GluonCV compatibility; the union is clamped to be positive instead.
     """
 
-    def __init__(self, axis: int = -1, fmt: str = "corner", offset: float = 0,
-                 eps: float = 1e-15):
+    def __init__(self, axis: int = -1, fmt: str = "corner", offset: float = 0, eps: float = 1e-15):
         super().__init__()
         fmt = fmt.lower()
         if fmt not in ("corner", "center"):
@@ -179,7 +179,8 @@ class BBoxBatchIOU(nn.Module):
             return iou.masked_fill(pad_a.unsqueeze(-1) | pad_b.unsqueeze(-2), PAD_IOU)
         # two in-place broadcast fills: no (B, N, M) mask is materialised
         return iou.masked_fill_(pad_a.unsqueeze(-1), PAD_IOU).masked_fill_(
-            pad_b.unsqueeze(-2), PAD_IOU)
+            pad_b.unsqueeze(-2), PAD_IOU
+        )
 
 
 class BBoxClipToImage(nn.Module):
@@ -195,4 +196,3 @@ class BBoxClipToImage(nn.Module):
         upper = torch.tensor([w, h, w, h], dtype=x.dtype, device=x.device)
         clipped = torch.minimum(x.clamp(min=0), upper)
         return torch.where(is_padding(x).unsqueeze(-1), x, clipped)
-

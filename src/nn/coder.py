@@ -15,6 +15,7 @@ is the default. Force either with the ``positive_only`` constructor keyword or a
 Additions for landmark detectors (RetinaFace): ``NormalizedLandmarkCenterEncoder`` /
 ``NormalizedLandmarkCenterDecoder`` encode K points relative to the anchor centre and size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,8 +57,9 @@ def gather_matched(refs: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
     if m == 0:  # nothing to pick from: zeros of the right shape
         return refs.new_zeros((*idx.shape, *trailing))
     if idx.shape[0] != bsz:
-        raise ValueError(f"batch sizes differ: refs {tuple(refs.shape)}, matches "
-                         f"{tuple(matches.shape)}")
+        raise ValueError(
+            f"batch sizes differ: refs {tuple(refs.shape)}, matches {tuple(matches.shape)}"
+        )
     # one flat index_select is several times faster than gather with an expanded index
     offsets = torch.arange(bsz, device=idx.device).mul_(m).reshape(-1, *([1] * (idx.dim() - 1)))
     flat = refs.reshape(bsz * m, *trailing).index_select(0, (idx + offsets).reshape(-1))
@@ -123,8 +125,9 @@ def _matched_rows(refs: torch.Tensor, b: torch.Tensor, match: torch.Tensor) -> t
     return refs.reshape(bsz * m, *trailing).index_select(0, b * m + match.long().clamp(min=0))
 
 
-def _anchor_rows(anchors: torch.Tensor, bsz: int, n: int, b: torch.Tensor,
-                 idx: torch.Tensor) -> torch.Tensor:
+def _anchor_rows(
+    anchors: torch.Tensor, bsz: int, n: int, b: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
     """Rows ``(b, idx)`` of the anchors broadcast to ``(bsz, n, 4)``: ``(N, 4)``, ``(1, N, 4)``
     or ``(B, N, 4)``."""
     a = anchors.expand(bsz, n, anchors.shape[-1])
@@ -145,8 +148,7 @@ def _sparse_zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.zeros(shape, dtype=dtype))
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
-                 torch.float16: np.float16}
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 def _scatter_rows(codes: torch.Tensor, keys: torch.Tensor, bsz: int, n: int):
@@ -170,8 +172,12 @@ class NormalizedBoxCenterEncoder(nn.Module):
     both paths give bit-identical results.
     """
 
-    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
-                 positive_only: bool | None = None):
+    def __init__(
+        self,
+        stds=(0.1, 0.1, 0.2, 0.2),
+        means=(0.0, 0.0, 0.0, 0.0),
+        positive_only: bool | None = None,
+    ):
         super().__init__()
         self._stds = _check_len("stds", stds, 4)
         self._means = _check_len("means", means, 4)
@@ -198,10 +204,12 @@ class NormalizedBoxCenterEncoder(nn.Module):
     def _anchor_side(self, anchors: torch.Tensor, dtype: torch.dtype):
         a = corner_to_center(anchors.to(dtype))
         stds, means = _const(self._stds, a), _const(self._means, a)
-        shift = torch.cat((a[..., :2] + means[:2] * a[..., 2:],
-                           torch.log(a[..., 2:]) + means[2:]), dim=-1)
-        scale = torch.cat((1.0 / (stds[:2] * a[..., 2:]),
-                           (1.0 / stds[2:]).expand_as(a[..., 2:])), dim=-1)
+        shift = torch.cat(
+            (a[..., :2] + means[:2] * a[..., 2:], torch.log(a[..., 2:]) + means[2:]), dim=-1
+        )
+        scale = torch.cat(
+            (1.0 / (stds[:2] * a[..., 2:]), (1.0 / stds[2:]).expand_as(a[..., 2:])), dim=-1
+        )
         return shift, scale
 
     def forward(self, samples, matches, anchors, refs):
@@ -238,9 +246,14 @@ class NormalizedBoxCenterDecoder(nn.Module):
     ``(B, N, 4)`` corner boxes. ONNX-exportable.
     """
 
-    def __init__(self, stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
-                 convert_anchor: bool = False, clip: float | None = None,
-                 minimal_opset: bool = False):
+    def __init__(
+        self,
+        stds=(0.1, 0.1, 0.2, 0.2),
+        means=(0.0, 0.0, 0.0, 0.0),
+        convert_anchor: bool = False,
+        clip: float | None = None,
+        minimal_opset: bool = False,
+    ):
         super().__init__()
         self._stds = _check_len("stds", stds, 4)
         self._means = _check_len("means", means, 4)
@@ -272,22 +285,30 @@ class NormalizedPerClassBoxCenterEncoder(nn.Module):
     encoder.
     """
 
-    def __init__(self, num_class: int, max_pos: int = 128, per_device_batch_size: int = 1,
-                 stds=(0.1, 0.1, 0.2, 0.2), means=(0.0, 0.0, 0.0, 0.0),
-                 positive_only: bool | None = None):
+    def __init__(
+        self,
+        num_class: int,
+        max_pos: int = 128,
+        per_device_batch_size: int = 1,
+        stds=(0.1, 0.1, 0.2, 0.2),
+        means=(0.0, 0.0, 0.0, 0.0),
+        positive_only: bool | None = None,
+    ):
         super().__init__()
         if num_class <= 0:
             raise ValueError("Number of classes must be positive")
         self._num_class = num_class
         self._max_pos = max_pos
-        self.class_agnostic_encoder = NormalizedBoxCenterEncoder(stds=stds, means=means,
-                                                                 positive_only=positive_only)
+        self.class_agnostic_encoder = NormalizedBoxCenterEncoder(
+            stds=stds, means=means, positive_only=positive_only
+        )
 
     def forward(self, samples, matches, anchors, labels, refs):
         targets, masks = self.class_agnostic_encoder(samples, matches, anchors, refs)
         # positives first, in ascending anchor order (stable sort)
-        order = torch.sort((samples > 0.5).to(torch.uint8), dim=1, descending=True,
-                           stable=True).indices
+        order = torch.sort(
+            (samples > 0.5).to(torch.uint8), dim=1, descending=True, stable=True
+        ).indices
         k = min(self._max_pos, order.shape[1])
         indices = order[:, :k]
         targets = gather_matched(targets, indices)  # (B, K, 4)
@@ -420,8 +441,9 @@ class MultiClassEncoder(nn.Module):
             targets.view(-1).index_copy_(0, keys, ids)
             return targets
         target_ids = gather_matched(refs.unsqueeze(-1), matches).squeeze(-1) + 1
-        targets = torch.where(samples > 0.5, target_ids,
-                              torch.full_like(target_ids, self._ignore_label))
+        targets = torch.where(
+            samples > 0.5, target_ids, torch.full_like(target_ids, self._ignore_label)
+        )
         return torch.where(samples < -0.5, torch.zeros_like(targets), targets)
 
 
@@ -476,14 +498,14 @@ class SigmoidClassEncoder(nn.Module):
     """
 
     def forward(self, samples):
-        samples = samples.to(torch.get_default_dtype()) if not samples.is_floating_point() \
-            else samples
+        samples = (
+            samples.to(torch.get_default_dtype()) if not samples.is_floating_point() else samples
+        )
         target = (samples + 1) / 2
         ignore = samples.abs() < 1e-5
         target = torch.where(ignore, torch.full_like(target, -1), target)
         mask = (~ignore).to(samples.dtype)
         return target, mask
-
 
 
 class CenterNetDecoder(nn.Module):

@@ -9,6 +9,7 @@ graph-node name (strings, via ``torchvision.models.feature_extraction``). Pretra
 never come from the network by default: ``pretrained=False``; a local ``weights`` file (a
 ``state_dict`` of the whole timm model, ``.pth``/``.safetensors``) can be given instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,8 @@ def _check_weights(weights) -> str | None:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"backbone weights file not found: {path!r}. Give the path of a local state_dict "
-            "(.pth or .safetensors) of the timm model, or weights=None for random init.")
+            "(.pth or .safetensors) of the timm model, or weights=None for random init."
+        )
     return path
 
 
@@ -79,14 +81,17 @@ def _build(network, outputs, pretrained, weights, **kwargs):
             network.load_state_dict(_load_state_dict(path))
         if by_index:
             if not hasattr(network, "feature_info"):
-                raise TypeError("selecting outputs by index needs a timm model (with "
-                                "feature_info); give module names as outputs instead")
+                raise TypeError(
+                    "selecting outputs by index needs a timm model (with "
+                    "feature_info); give module names as outputs instead"
+                )
             from timm.models import FeatureListNet
 
             return FeatureListNet(network, out_indices=tuple(outputs))
     else:
-        raise TypeError(f"network must be a timm model name or an nn.Module, got "
-                        f"{type(network).__name__}")
+        raise TypeError(
+            f"network must be a timm model name or an nn.Module, got {type(network).__name__}"
+        )
     return _NamedFeatures(network, outputs)
 
 
@@ -133,8 +138,9 @@ class FeatureExtractor(nn.Module):
         **kwargs: passed to ``timm.create_model``.
     """
 
-    def __init__(self, network, outputs, inputs=("data",), pretrained=False, ctx=None,
-                 weights=None, **kwargs):
+    def __init__(
+        self, network, outputs, inputs=("data",), pretrained=False, ctx=None, weights=None, **kwargs
+    ):
         super().__init__()
         self.body = _build(network, outputs, pretrained, weights, **kwargs)
         if ctx is not None:
@@ -161,9 +167,22 @@ class FeatureExpander(nn.Module):
     reduce_ratio, min_depth, global_pool, pretrained, ctx, inputs)``, then ``weights``.
     """
 
-    def __init__(self, network, outputs, num_filters, use_1x1_transition=True, use_bn=True,
-                 reduce_ratio=1.0, min_depth=128, global_pool=False, pretrained=False, ctx=None,
-                 inputs=("data",), weights=None, **kwargs):
+    def __init__(
+        self,
+        network,
+        outputs,
+        num_filters,
+        use_1x1_transition=True,
+        use_bn=True,
+        reduce_ratio=1.0,
+        min_depth=128,
+        global_pool=False,
+        pretrained=False,
+        ctx=None,
+        inputs=("data",),
+        weights=None,
+        **kwargs,
+    ):
         super().__init__()
         self.body = _build(network, outputs, pretrained, weights, **kwargs)
         in_ch = _feature_channels(self.body)[-1]

@@ -9,6 +9,7 @@ ground truths should carry an IoU of -1 (``BBoxBatchIOU`` does this) so that the
 matched. There is no Python loop over images; the greedy bipartite matcher loops ``min(N, M)``
 times over the whole batch at once.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,18 @@ from torch import nn
 
 from .sparse import SparseIOU
 
-__all__ = ["bipartite_matching", "force_best_anchors", "BipartiteMatcher", "MaximumMatcher",
-           "CompositeMatcher"]
+__all__ = [
+    "bipartite_matching",
+    "force_best_anchors",
+    "BipartiteMatcher",
+    "MaximumMatcher",
+    "CompositeMatcher",
+]
 
 
-def bipartite_matching(x: torch.Tensor, threshold: float = 1e-12, is_ascend: bool = False,
-                       prune: bool | None = None):
+def bipartite_matching(
+    x: torch.Tensor, threshold: float = 1e-12, is_ascend: bool = False, prune: bool | None = None
+):
     """Greedy global bipartite matching, batched (MXNet ``contrib.bipartite_matching``).
 
     Repeatedly takes the best remaining pair (largest score, or smallest if ``is_ascend``) whose
@@ -123,13 +130,17 @@ def _greedy_pruned(work: torch.Tensor):
     sub_row, sub_col = _greedy(sub)
     # back to the original row ids
     matched = sub_row >= 0
-    row_match.scatter_(1, torch.where(matched, rows, torch.zeros_like(rows)),
-                       torch.where(matched, sub_row, torch.full_like(sub_row, -1)))
+    row_match.scatter_(
+        1,
+        torch.where(matched, rows, torch.zeros_like(rows)),
+        torch.where(matched, sub_row, torch.full_like(sub_row, -1)),
+    )
     # scatter of unmatched slots wrote -1 into row 0; put its true value back
     row0 = torch.where(matched & (rows == 0), sub_row, torch.full_like(sub_row, -1)).amax(dim=1)
     row_match[:, 0] = row0
-    col_match = torch.where(sub_col >= 0, rows.gather(1, sub_col.clamp(min=0)),
-                            torch.full_like(sub_col, -1))
+    col_match = torch.where(
+        sub_col >= 0, rows.gather(1, sub_col.clamp(min=0)), torch.full_like(sub_col, -1)
+    )
     return row_match, col_match
 
 
@@ -159,8 +170,13 @@ class BipartiteMatcher(nn.Module):
     with ``is_ascend`` the sharing uses minima.
     """
 
-    def __init__(self, threshold: float = 1e-12, is_ascend: bool = False, eps: float = 1e-12,
-                 share_max: bool = True):
+    def __init__(
+        self,
+        threshold: float = 1e-12,
+        is_ascend: bool = False,
+        eps: float = 1e-12,
+        share_max: bool = True,
+    ):
         super().__init__()
         self._threshold = threshold
         self._is_ascend = is_ascend
@@ -227,8 +243,9 @@ class CompositeMatcher(nn.Module):
         for matcher in self._matchers:
             check = getattr(matcher, "_check_sparse", None)
             if check is None:
-                raise TypeError(f"CompositeMatcher: {type(matcher).__name__} does not take a "
-                                "SparseIOU")
+                raise TypeError(
+                    f"CompositeMatcher: {type(matcher).__name__} does not take a SparseIOU"
+                )
             check(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,8 +257,9 @@ class CompositeMatcher(nn.Module):
         return result
 
 
-def force_best_anchors(best_anchor: torch.Tensor, forcing: torch.Tensor,
-                       num_anchors: int) -> torch.Tensor:
+def force_best_anchors(
+    best_anchor: torch.Tensor, forcing: torch.Tensor, num_anchors: int
+) -> torch.Tensor:
     """For every anchor, the highest-index forcing ground truth whose best anchor it is (the
     SSD / RetinaFace rule "each kept ground truth keeps its best anchor"; unlike
     ``BipartiteMatcher``'s global greedy matching, two ground truths may pick the same anchor,

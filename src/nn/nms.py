@@ -5,6 +5,7 @@ module adds MXNet's layout handling: rows of ``K`` values holding a class id, a 
 coordinates at configurable positions, score / background filtering, per-image top-k, and a
 fixed-shape output sorted by score with ``-1`` rows for everything removed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,10 +18,20 @@ from .sampler import select_top_k
 __all__ = ["box_nms"]
 
 
-def box_nms(data: torch.Tensor, overlap_thresh: float = 0.5, valid_thresh: float = 0.0,
-            topk: int = -1, coord_start: int = 2, score_index: int = 1, id_index: int = -1,
-            background_id: int = -1, force_suppress: bool = False, in_format: str = "corner",
-            out_format: str = "corner", offset: float = 0) -> torch.Tensor:
+def box_nms(
+    data: torch.Tensor,
+    overlap_thresh: float = 0.5,
+    valid_thresh: float = 0.0,
+    topk: int = -1,
+    coord_start: int = 2,
+    score_index: int = 1,
+    id_index: int = -1,
+    background_id: int = -1,
+    force_suppress: bool = False,
+    in_format: str = "corner",
+    out_format: str = "corner",
+    offset: float = 0,
+) -> torch.Tensor:
     """Non-maximum suppression over ``(..., N, K)`` rows, like ``mx.contrib.nd.box_nms``.
 
     A row is valid when its score is ``> valid_thresh`` and (with ``id_index >= 0``) its id is
@@ -40,7 +51,7 @@ def box_nms(data: torch.Tensor, overlap_thresh: float = 0.5, valid_thresh: float
     x = data.reshape(-1, n, k)
     bsz = x.shape[0]
     scores = x[..., score_index]
-    coords = x[..., coord_start:coord_start + 4]
+    coords = x[..., coord_start : coord_start + 4]
     corners = center_to_corner(coords) if in_format == "center" else coords
     valid = scores > valid_thresh
     if id_index >= 0:
@@ -56,12 +67,15 @@ def box_nms(data: torch.Tensor, overlap_thresh: float = 0.5, valid_thresh: float
     out = torch.full_like(x, -1)
     for b in range(bsz):  # inference post-processing: one batched_nms call per image
         idx = valid[b].nonzero().squeeze(-1)
-        keep = idx[batched_nms(corners[b, idx], scores[b, idx], group[b, idx],
-                               overlap_thresh, offset=offset)]
+        keep = idx[
+            batched_nms(
+                corners[b, idx], scores[b, idx], group[b, idx], overlap_thresh, offset=offset
+            )
+        ]
         rows = x[b, keep]
         if out_format != in_format:
             conv = corner_to_center if out_format == "center" else center_to_corner
             rows = rows.clone()
-            rows[:, coord_start:coord_start + 4] = conv(rows[:, coord_start:coord_start + 4])
+            rows[:, coord_start : coord_start + 4] = conv(rows[:, coord_start : coord_start + 4])
         out[b, : keep.numel()] = rows
     return out.reshape(shape)

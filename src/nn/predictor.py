@@ -4,6 +4,7 @@ Weights start as MXNet's ``Xavier(magnitude=2)`` (uniform, averaged fans), biase
 GluonCV initialises them. With ``in_channels=0`` / ``in_units=0`` the input size is inferred on
 the first forward (GluonCV's deferred initialisation).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def _activation(name):
     try:
         return _ACTIVATIONS[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; use one of {sorted(_ACTIVATIONS)}") \
-            from None
+        raise ValueError(
+            f"unknown activation {name!r}; use one of {sorted(_ACTIVATIONS)}"
+        ) from None
 
 
 def _xavier_magnitude2(layer: nn.Module) -> None:
@@ -62,12 +64,21 @@ class ConvPredictor(nn.Module):
         in_channels: input channels; 0 infers them on the first call.
     """
 
-    def __init__(self, num_channel, kernel=(3, 3), pad=(1, 1), stride=(1, 1), activation=None,
-                 use_bias=True, in_channels=0):
+    def __init__(
+        self,
+        num_channel,
+        kernel=(3, 3),
+        pad=(1, 1),
+        stride=(1, 1),
+        activation=None,
+        use_bias=True,
+        in_channels=0,
+    ):
         super().__init__()
         if in_channels:
-            conv = nn.Conv2d(in_channels, num_channel, kernel, stride=stride, padding=pad,
-                             bias=use_bias)
+            conv = nn.Conv2d(
+                in_channels, num_channel, kernel, stride=stride, padding=pad, bias=use_bias
+            )
         else:
             conv = nn.LazyConv2d(num_channel, kernel, stride=stride, padding=pad, bias=use_bias)
         _init_when_ready(conv)

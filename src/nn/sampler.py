@@ -8,6 +8,7 @@ no Python loop over images and no host synchronisation.
 Additions: ``HardNegativeSampler`` (SSD/RetinaFace hard negative mining from per-anchor losses,
 e.g. 7:1) and the helper ``select_top_k``.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,13 +44,15 @@ def select_top_k(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) 
     if scores.shape[-1] == 0:
         return torch.zeros_like(eligible)
     lowest = torch.finfo(scores.dtype).min
-    key = torch.nan_to_num(scores, nan=lowest, posinf=torch.finfo(scores.dtype).max,
-                           neginf=lowest)
+    key = torch.nan_to_num(scores, nan=lowest, posinf=torch.finfo(scores.dtype).max, neginf=lowest)
     k = torch.as_tensor(k, device=scores.device)
     if k.dim() > 0:
         k = k.unsqueeze(-1)
-    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float16,
-                                                         torch.bfloat16):
+    if scores.device.type == "cpu" and scores.dtype in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    ):
         return _select_top_k_packed(key, eligible, k)
     key = torch.where(eligible, key, torch.full_like(key, float("-inf")))
     order = torch.sort(key, dim=-1, descending=True, stable=True).indices
@@ -92,8 +95,7 @@ def background_loss(logits: torch.Tensor) -> torch.Tensor:
     """
     if logits.shape[-1] == 2:  # softplus is x itself beyond threshold, to the dtype's precision
         threshold = 40.0 if logits.dtype == torch.float64 else 20.0
-        return torch.nn.functional.softplus(logits[..., 1] - logits[..., 0],
-                                            threshold=threshold)
+        return torch.nn.functional.softplus(logits[..., 1] - logits[..., 0], threshold=threshold)
     return torch.log_softmax(logits, dim=-1)[..., 0].neg()
 
 
@@ -215,18 +217,26 @@ class QuotaSampler(nn.Module):
     ``generator`` makes the random choice reproducible.
     """
 
-    def __init__(self, num_sample: int, pos_thresh: float, neg_thresh_high: float,
-                 neg_thresh_low: float = -math.inf, pos_ratio: float = 0.5,
-                 neg_ratio: float | None = None, fill_negative: bool = True,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        num_sample: int,
+        pos_thresh: float,
+        neg_thresh_high: float,
+        neg_thresh_low: float = -math.inf,
+        pos_ratio: float = 0.5,
+        neg_ratio: float | None = None,
+        fill_negative: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self._num_sample = int(num_sample)
         self._fill_negative = fill_negative
         self._pos_ratio = float(pos_ratio)
         self._neg_ratio = 1.0 - self._pos_ratio if neg_ratio is None else float(neg_ratio)
         if self._neg_ratio + self._pos_ratio > 1.0 + 1e-12:
-            raise ValueError(f"Positive and negative ratio {self._pos_ratio + self._neg_ratio} "
-                             "exceed 1")
+            raise ValueError(
+                f"Positive and negative ratio {self._pos_ratio + self._neg_ratio} exceed 1"
+            )
         self._pos_thresh = min(1.0, max(0.0, pos_thresh))
         self._neg_thresh_high = min(1.0, max(0.0, neg_thresh_high))
         self._neg_thresh_low = neg_thresh_low
@@ -234,16 +244,23 @@ class QuotaSampler(nn.Module):
 
     def forward(self, matches, ious):
         with torch.no_grad():
-            ious_max = _max_iou(ious, matches, "QuotaSampler", pos_thresh=self._pos_thresh,
-                                neg_thresh_high=self._neg_thresh_high,
-                                neg_thresh_low=self._neg_thresh_low)
+            ious_max = _max_iou(
+                ious,
+                matches,
+                "QuotaSampler",
+                pos_thresh=self._pos_thresh,
+                neg_thresh_high=self._neg_thresh_high,
+                neg_thresh_low=self._neg_thresh_low,
+            )
             pos = (matches >= 0) | (ious_max >= self._pos_thresh)
             neg = ~pos & (ious_max < self._neg_thresh_high) & (ious_max >= self._neg_thresh_low)
             max_pos = int(round(self._pos_ratio * self._num_sample))
             max_neg = int(self._neg_ratio * self._num_sample)
-            keys = torch.rand(matches.shape, generator=self._generator,
-                              device=matches.device if self._generator is None
-                              else self._generator.device).to(matches.device)
+            keys = torch.rand(
+                matches.shape,
+                generator=self._generator,
+                device=matches.device if self._generator is None else self._generator.device,
+            ).to(matches.device)
             pos = select_top_k(keys, pos, max_pos)
             if self._fill_negative:
                 num_pos = pos.sum(dim=-1)

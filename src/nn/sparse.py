@@ -33,6 +33,7 @@ densely, which keeps the ``k``-best guarantee whatever the boxes.
 The point is speed on CPU (``benchmarks/nn.py``): building it needs host reads of a few sizes,
 which are free on CPU; on CUDA the dense path has no host synchronisation and is fast anyway.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ class SparseIOU:
         key = torch.where(self.rows < n, self.rows + base, b * n)
         out = values.new_full((b * n + 1, *trailing), fill)
         out.index_copy_(0, key.reshape(-1), values.reshape(b * r, *trailing))
-        return out[:b * n].view(b, n, *trailing)
+        return out[: b * n].view(b, n, *trailing)
 
     def max(self) -> torch.Tensor:
         """``(B, N)`` best IoU of each anchor: exact for kept rows; absent rows report 0 (-1
@@ -112,32 +113,47 @@ class SparseIOU:
         """Raise unless comparisons with ``value`` are exact for absent rows."""
         if value <= 0 or value >= self.floor or math.isnan(value):
             return
-        raise ValueError(f"{owner}: {name}={value} lies in (0, floor={self.floor}) of the "
-                         f"SparseIOU; build it with floor <= {value}")
+        raise ValueError(
+            f"{owner}: {name}={value} lies in (0, floor={self.floor}) of the "
+            f"SparseIOU; build it with floor <= {value}"
+        )
 
-    def check_bipartite(self, owner: str, threshold: float, is_ascend: bool,
-                        eps: float) -> None:
+    def check_bipartite(self, owner: str, threshold: float, is_ascend: bool, eps: float) -> None:
         """Raise unless a greedy bipartite matching on the kept rows is exact."""
         if is_ascend:
             raise ValueError(f"{owner}: is_ascend=True needs the dense score matrix")
         if threshold < 0:
-            raise ValueError(f"{owner}: threshold={threshold} < 0 needs the dense IoU "
-                             "(pairs with IoU 0 are not kept)")
+            raise ValueError(
+                f"{owner}: threshold={threshold} < 0 needs the dense IoU "
+                "(pairs with IoU 0 are not kept)"
+            )
         b, _, m = self.iou.shape
         if self.k < min(self.num_anchors, m):
-            raise ValueError(f"{owner}: the SparseIOU keeps k={self.k} best anchors per "
-                             f"ground truth, bipartite matching needs {min(self.num_anchors, m)}")
+            raise ValueError(
+                f"{owner}: the SparseIOU keeps k={self.k} best anchors per "
+                f"ground truth, bipartite matching needs {min(self.num_anchors, m)}"
+            )
         if eps > self.eps:
             raise ValueError(f"{owner}: eps={eps} exceeds the SparseIOU's eps={self.eps}")
         if threshold < self.k_floor:
-            raise ValueError(f"{owner}: threshold={threshold} is below the SparseIOU's "
-                             f"k_floor={self.k_floor}; build it with k_floor <= {threshold}")
+            raise ValueError(
+                f"{owner}: threshold={threshold} is below the SparseIOU's "
+                f"k_floor={self.k_floor}; build it with k_floor <= {threshold}"
+            )
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_pairs(cls, anchors: torch.Tensor, boxes: torch.Tensor, gt: torch.Tensor,
-                   anchor: torch.Tensor, floor: float, k: int | None = None,
-                   eps: float = 1e-12, offset: float = 0) -> SparseIOU:
+    def from_pairs(
+        cls,
+        anchors: torch.Tensor,
+        boxes: torch.Tensor,
+        gt: torch.Tensor,
+        anchor: torch.Tensor,
+        floor: float,
+        k: int | None = None,
+        eps: float = 1e-12,
+        offset: float = 0,
+    ) -> SparseIOU:
         """Build from candidate pairs.
 
         Args:
@@ -154,15 +170,24 @@ class SparseIOU:
             offset: 1 for legacy ``x2 - x1 + 1`` widths.
         """
         pairs = (gt.long(), anchor.long())
-        return cls.from_candidates(anchors, boxes, lambda idx, t: pairs, floor, k, eps, offset,
-                                   refine=())
+        return cls.from_candidates(
+            anchors, boxes, lambda idx, t: pairs, floor, k, eps, offset, refine=()
+        )
 
     @classmethod
     @torch.no_grad()
-    def from_candidates(cls, anchors: torch.Tensor, boxes: torch.Tensor, candidates,
-                        floor: float, k: int | None = None, eps: float = 1e-12,
-                        offset: float = 0, refine: tuple[float, ...] = (3.0, 9.0),
-                        k_floor: float = 0.0) -> SparseIOU:
+    def from_candidates(
+        cls,
+        anchors: torch.Tensor,
+        boxes: torch.Tensor,
+        candidates,
+        floor: float,
+        k: int | None = None,
+        eps: float = 1e-12,
+        offset: float = 0,
+        refine: tuple[float, ...] = (3.0, 9.0),
+        k_floor: float = 0.0,
+    ) -> SparseIOU:
         """Build from a candidate source ``candidates(gt_index, min_iou) -> (gt, anchor)``.
 
         The source returns int64 pairs (``gt`` indexing ``boxes.reshape(-1, 4)``) including
@@ -177,8 +202,10 @@ class SparseIOU:
         if not 0 < floor <= 1:
             raise ValueError(f"SparseIOU: floor must be in (0, 1], got {floor}")
         if anchors.dim() != 2 or boxes.dim() != 3:
-            raise ValueError(f"SparseIOU: anchors (N, 4) and boxes (B, M, 4) expected, got "
-                             f"{tuple(anchors.shape)} and {tuple(boxes.shape)}")
+            raise ValueError(
+                f"SparseIOU: anchors (N, 4) and boxes (B, M, 4) expected, got "
+                f"{tuple(anchors.shape)} and {tuple(boxes.shape)}"
+            )
         bsz, m = boxes.shape[:2]
         n = anchors.shape[0]
         dev = boxes.device
@@ -268,9 +295,16 @@ class SparseIOU:
         return cls(rows, sub, n, float(floor), kk, float(eps), has_gt, float(k_floor))
 
     @classmethod
-    def from_grid(cls, grid, boxes: torch.Tensor, floor: float, k: int | None = None,
-                  eps: float = 1e-12, anchors: torch.Tensor | None = None,
-                  k_floor: float = 0.0) -> SparseIOU:
+    def from_grid(
+        cls,
+        grid,
+        boxes: torch.Tensor,
+        floor: float,
+        k: int | None = None,
+        eps: float = 1e-12,
+        anchors: torch.Tensor | None = None,
+        k_floor: float = 0.0,
+    ) -> SparseIOU:
         """Build for the anchors of an ``AnchorGrid`` (``anchors``: its corner anchors if
         already at hand), with candidates from the grid's windows; ``boxes`` ``(B, M, 4)``
         corner ground truths in the grid's coordinates. Other arguments as ``from_pairs``."""

@@ -4,6 +4,7 @@ pure-torch references elsewhere. Named like torchvision.ops.
 Backend switch: ``set_backend("reference")`` (or ``CV_OPS_FORCE_REFERENCE=1``) forces the
 torch path on GPU; ``set_backend("emulate")`` runs the kernels on CPU through g++ emulation.
 """
+
 from ._backend import BACKENDS, get_backend, set_backend, use_backend
 from .boxes import box_area, box_iou, generalized_box_iou, giou_loss
 from .losses import sigmoid_focal_loss, smooth_l1_loss, wing_loss

@@ -7,6 +7,7 @@ Modes (``set_backend`` / ``use_backend``, or the environment at import time):
   CPU emulation (ops_cuda/emulate.py). For tests and debugging; slow.
 ``CV_OPS_BACKEND=<mode>`` selects a mode too; ``CV_OPS_FORCE_REFERENCE=1`` wins over it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,9 @@ def reference_backward(reference, inputs, needs_grad, grad_outputs):
     wrt = [x for x, need in zip(inputs, needs_grad) if need]
     with torch.enable_grad():
         out = reference(*inputs)
-        grads = iter(torch.autograd.grad(out, wrt, grad_outputs, create_graph=True,
-                                         allow_unused=True))
+        grads = iter(
+            torch.autograd.grad(out, wrt, grad_outputs, create_graph=True, allow_unused=True)
+        )
     result = []
     for x, need in zip(inputs, needs_grad):
         if not need:

@@ -10,6 +10,7 @@ Pairwise ops broadcast leading batch dims: (..., N, 4) x (..., M, 4) -> (..., N,
 the kernel (forward only) when no gradient is needed, else the differentiable reference.
 ``giou_loss`` (aligned pairs) has a kernel forward and backward.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,23 +36,25 @@ def _span(lo: torch.Tensor, hi: torch.Tensor, offset: float) -> torch.Tensor:
 
 def box_area(boxes: torch.Tensor, offset: float = 0) -> torch.Tensor:
     """Area of (..., 4) boxes; negative widths/heights clamp to 0."""
-    return (_span(boxes[..., 0], boxes[..., 2], offset)
-            * _span(boxes[..., 1], boxes[..., 3], offset))
+    return _span(boxes[..., 0], boxes[..., 2], offset) * _span(boxes[..., 1], boxes[..., 3], offset)
 
 
-def _overlaps(a: list, b: list, area_a: torch.Tensor, area_b: torch.Tensor, offset: float,
-              giou: bool) -> torch.Tensor:
+def _overlaps(
+    a: list, b: list, area_a: torch.Tensor, area_b: torch.Tensor, offset: float, giou: bool
+) -> torch.Tensor:
     """IoU (or GIoU) from per-coordinate tensors a = [x1, y1, x2, y2] and b, broadcastable.
     Works coordinate by coordinate: no (..., N, M, 2) temporaries."""
-    inter = (_span(torch.maximum(a[0], b[0]), torch.minimum(a[2], b[2]), offset)
-             * _span(torch.maximum(a[1], b[1]), torch.minimum(a[3], b[3]), offset))
+    inter = _span(torch.maximum(a[0], b[0]), torch.minimum(a[2], b[2]), offset) * _span(
+        torch.maximum(a[1], b[1]), torch.minimum(a[3], b[3]), offset
+    )
     union = area_a + area_b - inter
     tiny = _tiny(inter)
     iou = inter / union.clamp(min=tiny)
     if not giou:
         return iou
-    area_c = (_span(torch.minimum(a[0], b[0]), torch.maximum(a[2], b[2]), offset)
-              * _span(torch.minimum(a[1], b[1]), torch.maximum(a[3], b[3]), offset))
+    area_c = _span(torch.minimum(a[0], b[0]), torch.maximum(a[2], b[2]), offset) * _span(
+        torch.minimum(a[1], b[1]), torch.maximum(a[3], b[3]), offset
+    )
     return iou - (area_c - union) / area_c.clamp(min=tiny)
 
 
@@ -63,40 +66,47 @@ def _pairwise_reference(boxes1, boxes2, offset, giou):
     return _overlaps(a, b, area_a, area_b, offset, giou)
 
 
-def box_iou_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
-                      offset: float = 0) -> torch.Tensor:
+def box_iou_reference(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0
+) -> torch.Tensor:
     """Pairwise IoU in torch: (..., N, 4) x (..., M, 4) -> (..., N, M)."""
     return _pairwise_reference(boxes1, boxes2, offset, giou=False)
 
 
-def generalized_box_iou_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
-                                  offset: float = 0) -> torch.Tensor:
+def generalized_box_iou_reference(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0
+) -> torch.Tensor:
     """Pairwise GIoU in torch: IoU - (C - U) / C with C the enclosing box area."""
     return _pairwise_reference(boxes1, boxes2, offset, giou=True)
 
 
-def giou_loss_reference(boxes1: torch.Tensor, boxes2: torch.Tensor,
-                        offset: float = 0) -> torch.Tensor:
+def giou_loss_reference(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0
+) -> torch.Tensor:
     """Aligned 1 - GIoU in torch: (..., 4) x (..., 4) -> (...)."""
     a = [boxes1[..., k] for k in range(4)]
     b = [boxes2[..., k] for k in range(4)]
-    return 1 - _overlaps(a, b, box_area(boxes1, offset), box_area(boxes2, offset), offset,
-                         giou=True)
+    return 1 - _overlaps(
+        a, b, box_area(boxes1, offset), box_area(boxes2, offset), offset, giou=True
+    )
 
 
 def _check_boxes(name: str, *boxes: torch.Tensor) -> None:
     for b in boxes:
         if b.dim() < 1 or b.shape[-1] != 4:
-            raise ValueError(f"{name}: boxes must have a last dim of 4 (x1, y1, x2, y2); "
-                             f"got shape {tuple(b.shape)}")
+            raise ValueError(
+                f"{name}: boxes must have a last dim of 4 (x1, y1, x2, y2); "
+                f"got shape {tuple(b.shape)}"
+            )
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _pairwise_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float,
-                     giou: bool) -> torch.Tensor:
+def _pairwise_kernel(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float, giou: bool
+) -> torch.Tensor:
     from ops_cuda.launch import launch
     from ops_cuda.registry import CTYPE
 
@@ -109,16 +119,35 @@ def _pairwise_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float,
     b2 = boxes2.to(work_dtype).expand(*batch, m, 4).reshape(nb, m, 4).contiguous()
     out = torch.empty((nb, n, m), dtype=work_dtype, device=b1.device)
     if out.numel() > 0:
-        launch("boxes.cu", "box_iou_pairwise", CTYPE[work_dtype], b1.device, out.numel(),
-               (b1, b2, np.int64(nb), np.int64(n), np.int64(m), np.float64(offset),
-                np.int32(1 if giou else 0), out))
+        launch(
+            "boxes.cu",
+            "box_iou_pairwise",
+            CTYPE[work_dtype],
+            b1.device,
+            out.numel(),
+            (
+                b1,
+                b2,
+                np.int64(nb),
+                np.int64(n),
+                np.int64(m),
+                np.float64(offset),
+                np.int32(1 if giou else 0),
+                out,
+            ),
+        )
     return out.reshape(*batch, n, m).to(out_dtype)
 
 
 def _use_pairwise_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor) -> bool:
-    return (boxes1.dim() >= 2 and boxes2.dim() >= 2 and not _needs_grad(boxes1, boxes2)
-            and boxes1.is_floating_point() and boxes2.is_floating_point()
-            and kernel_device(boxes1, boxes2, dtypes=_KERNEL_DTYPES) is not None)
+    return (
+        boxes1.dim() >= 2
+        and boxes2.dim() >= 2
+        and not _needs_grad(boxes1, boxes2)
+        and boxes1.is_floating_point()
+        and boxes2.is_floating_point()
+        and kernel_device(boxes1, boxes2, dtypes=_KERNEL_DTYPES) is not None
+    )
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0) -> torch.Tensor:
@@ -129,8 +158,9 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0) -> to
     return box_iou_reference(boxes1, boxes2, offset)
 
 
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor,
-                        offset: float = 0) -> torch.Tensor:
+def generalized_box_iou(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0
+) -> torch.Tensor:
     """Pairwise generalized IoU (Rezatofighi et al. 2019), in [-1, 1]:
     (..., N, 4) x (..., M, 4) -> (..., N, M). Leading dims broadcast."""
     _check_boxes("generalized_box_iou", boxes1, boxes2)
@@ -150,8 +180,14 @@ class GIoULoss(torch.autograd.Function):
         b1, b2 = boxes1.contiguous(), boxes2.contiguous()
         n = b1.shape[0]
         out = torch.empty(n, dtype=b1.dtype, device=b1.device)
-        launch("boxes.cu", "giou_loss_fwd", CTYPE[b1.dtype], b1.device, n,
-               (b1, b2, np.int64(n), np.float64(offset), out))
+        launch(
+            "boxes.cu",
+            "giou_loss_fwd",
+            CTYPE[b1.dtype],
+            b1.device,
+            n,
+            (b1, b2, np.int64(n), np.float64(offset), out),
+        )
         ctx.save_for_backward(boxes1, boxes2)
         ctx.offset = offset
         return out
@@ -164,20 +200,31 @@ class GIoULoss(torch.autograd.Function):
         boxes1, boxes2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
-            g1, g2 = reference_backward(lambda a, b: giou_loss_reference(a, b, ctx.offset),
-                                        (boxes1, boxes2), needs[:2], grad)
+            g1, g2 = reference_backward(
+                lambda a, b: giou_loss_reference(a, b, ctx.offset),
+                (boxes1, boxes2),
+                needs[:2],
+                grad,
+            )
             return g1, g2, None
         b1, b2 = boxes1.contiguous(), boxes2.contiguous()
         n = b1.shape[0]
         g1, g2 = torch.empty_like(b1), torch.empty_like(b2)
         g, g_stride = upstream(grad)
-        launch("boxes.cu", "giou_loss_bwd", CTYPE[b1.dtype], b1.device, n,
-               (b1, b2, np.int64(n), np.float64(ctx.offset), g, g_stride, g1, g2))
+        launch(
+            "boxes.cu",
+            "giou_loss_bwd",
+            CTYPE[b1.dtype],
+            b1.device,
+            n,
+            (b1, b2, np.int64(n), np.float64(ctx.offset), g, g_stride, g1, g2),
+        )
         return (g1 if needs[0] else None, g2 if needs[1] else None, None)
 
 
-def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0,
-              reduction: str = "none") -> torch.Tensor:
+def giou_loss(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0, reduction: str = "none"
+) -> torch.Tensor:
     """Aligned GIoU loss 1 - GIoU(boxes1[i], boxes2[i]) in [0, 2].
 
     boxes1, boxes2: (..., 4), broadcastable. Returns (...) for reduction "none", else the
@@ -186,8 +233,10 @@ def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, offset: float = 0,
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}: choose one of {REDUCTIONS}")
     boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
-    if (boxes1.dtype == boxes2.dtype
-            and kernel_device(boxes1, boxes2, dtypes=(torch.float32, torch.float64)) is not None):
+    if (
+        boxes1.dtype == boxes2.dtype
+        and kernel_device(boxes1, boxes2, dtypes=(torch.float32, torch.float64)) is not None
+    ):
         shape = boxes1.shape[:-1]
         loss = GIoULoss.apply(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), float(offset))
         loss = loss.reshape(shape)

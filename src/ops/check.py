@@ -10,6 +10,7 @@ input gradient. Everything runs in float64.
 
 prints the worst element per input and exits non-zero on failure. OP is one of ``OPS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ class GradReport:
 
     def __str__(self) -> str:
         status = "PASS" if self.ok else "FAIL"
-        return (f"{status}: worst abs err {self.max_abs_err:.3e} (rel {self.max_rel_err:.3e}) "
-                f"at {self.where}")
+        return (
+            f"{status}: worst abs err {self.max_abs_err:.3e} (rel {self.max_rel_err:.3e}) "
+            f"at {self.where}"
+        )
 
 
 def _upstream(y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -52,8 +55,15 @@ def analytic_grads(fn: Callable, inputs: Sequence[torch.Tensor], v: torch.Tensor
     return [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads)]
 
 
-def numeric_vs_analytic(fn: Callable, inputs: Sequence[torch.Tensor], *, eps: float = 1e-6,
-                        atol: float = 1e-5, rtol: float = 1e-4, seed: int = 0) -> GradReport:
+def numeric_vs_analytic(
+    fn: Callable,
+    inputs: Sequence[torch.Tensor],
+    *,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> GradReport:
     """Compare autograd's gradients of sum(v * fn(*inputs)) with central differences, v a
     seeded random upstream gradient. Inputs with requires_grad are checked (use float64)."""
     inputs = list(inputs)
@@ -88,8 +98,9 @@ def numeric_vs_analytic(fn: Callable, inputs: Sequence[torch.Tensor], *, eps: fl
     return GradReport(max(worst_err, 0.0), worst_rel, where, all_ok)
 
 
-def upstream_scaling_error(fn: Callable, inputs: Sequence[torch.Tensor], k: float = 3.0,
-                           seed: int = 0) -> float:
+def upstream_scaling_error(
+    fn: Callable, inputs: Sequence[torch.Tensor], k: float = 3.0, seed: int = 0
+) -> float:
     """max |grad(k * v) - k * grad(v)| over all differentiable inputs (0 for an honest op)."""
     with torch.no_grad():
         v = _upstream(fn(*inputs), seed)
@@ -116,18 +127,24 @@ def example(op: str, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
     if op == "sigmoid_focal_loss":
         targets = torch.tensor([0, 1, 3, -1, 2, 0])
         scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
-        return (lambda x, s: sigmoid_focal_loss(x, targets, grad_scale=s),
-                [randn(6, 3).requires_grad_(), scale])
+        return (
+            lambda x, s: sigmoid_focal_loss(x, targets, grad_scale=s),
+            [randn(6, 3).requires_grad_(), scale],
+        )
     if op == "smooth_l1_loss":
         sigma = (torch.rand(1, 3, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
-        return smooth_l1_loss, [randn(4, 3).requires_grad_(), randn(4, 3).requires_grad_(),
-                                sigma]
+        return smooth_l1_loss, [randn(4, 3).requires_grad_(), randn(4, 3).requires_grad_(), sigma]
     if op == "wing_loss":
-        return (lambda x, t: wing_loss(x, t, w=2.0, eps=0.5),
-                [(randn(5, 4) * 3).requires_grad_(), randn(5, 4).requires_grad_()])
+        return (
+            lambda x, t: wing_loss(x, t, w=2.0, eps=0.5),
+            [(randn(5, 4) * 3).requires_grad_(), randn(5, 4).requires_grad_()],
+        )
     if op in ("box_iou", "generalized_box_iou", "giou_loss"):
-        fn = {"box_iou": box_iou, "generalized_box_iou": generalized_box_iou,
-              "giou_loss": giou_loss}[op]
+        fn = {
+            "box_iou": box_iou,
+            "generalized_box_iou": generalized_box_iou,
+            "giou_loss": giou_loss,
+        }[op]
         n2 = 5 if op == "giou_loss" else 3
         return fn, [_boxes(gen, 5).requires_grad_(), _boxes(gen, n2).requires_grad_()]
     if op.startswith("corner_pool"):
@@ -136,14 +153,26 @@ def example(op: str, seed: int = 0) -> tuple[Callable, list[torch.Tensor]]:
     raise ValueError(f"src.ops.check: unknown op {op!r}; choose one of {OPS}")
 
 
-OPS = ("sigmoid_focal_loss", "smooth_l1_loss", "wing_loss", "box_iou", "generalized_box_iou",
-       "giou_loss", "corner_pool:top", "corner_pool:bottom", "corner_pool:left",
-       "corner_pool:right")
+OPS = (
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+    "wing_loss",
+    "box_iou",
+    "generalized_box_iou",
+    "giou_loss",
+    "corner_pool:top",
+    "corner_pool:bottom",
+    "corner_pool:left",
+    "corner_pool:right",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.ops.check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m src.ops.check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("op", choices=OPS + ("all",))
     parser.add_argument("--backend", choices=_backend.BACKENDS, default="reference")
     parser.add_argument("--seed", type=int, default=0)
@@ -157,8 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             scale_err = upstream_scaling_error(fn, inputs, seed=args.seed)
             scale_ok = scale_err <= 1e-10
             failed |= not (report.ok and scale_ok)
-            print(f"{op:22s} [{args.backend}] {report}; upstream x3 scaling err "
-                  f"{scale_err:.1e} {'PASS' if scale_ok else 'FAIL'}")
+            print(
+                f"{op:22s} [{args.backend}] {report}; upstream x3 scaling err "
+                f"{scale_err:.1e} {'PASS' if scale_ok else 'FAIL'}"
+            )
     return 1 if failed else 0
 
 

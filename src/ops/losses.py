@@ -5,6 +5,7 @@ pure-torch reference (``*_reference``, differentiable by autograd, the oracle in
 src/ops/_backend.py. Kernel Functions honour the upstream gradient and support double backward
 by differentiating the reference when the backward runs with create_graph=True.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,13 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def sigmoid_focal_sum_reference(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                                gamma: float = 2.0, ignore_index: int = -1) -> torch.Tensor:
+def sigmoid_focal_sum_reference(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    ignore_index: int = -1,
+) -> torch.Tensor:
     """Unnormalised focal-loss sum (0-dim; float32 for half/bfloat16 logits) in torch.
     logits (N, C); targets (N,) integer with ``ignore_index`` = skip row, 0 = background,
     t in 1..C = column t-1 positive."""
@@ -81,9 +87,23 @@ class SigmoidFocalSum(torch.autograd.Function):
         targets = targets.to(torch.int64).contiguous()
         n, c = x.shape
         out = torch.zeros(1, dtype=torch.float64, device=x.device)
-        _launch("focal_loss.cu", "sigmoid_focal_fwd", _ctype(x), x.device, n * c,
-                (x, targets, np.int64(n), np.int64(c), np.float64(alpha),
-                 np.float64(gamma), np.int64(ignore_index), out))
+        _launch(
+            "focal_loss.cu",
+            "sigmoid_focal_fwd",
+            _ctype(x),
+            x.device,
+            n * c,
+            (
+                x,
+                targets,
+                np.int64(n),
+                np.int64(c),
+                np.float64(alpha),
+                np.float64(gamma),
+                np.int64(ignore_index),
+                out,
+            ),
+        )
         ctx.save_for_backward(logits, targets)  # the input itself: double backward needs it
         ctx.params = (alpha, gamma, ignore_index)
         return out.to(_sum_dtype(logits.dtype)).reshape(())
@@ -95,22 +115,45 @@ class SigmoidFocalSum(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference
             (g,) = reference_backward(
                 lambda x: sigmoid_focal_sum_reference(x, targets, alpha, gamma, ignore_index),
-                (logits,), (True,), grad)
+                (logits,),
+                (True,),
+                grad,
+            )
             return g, None, None, None, None
         x = logits.contiguous()
         n, c = x.shape
         coef = grad.detach().to(torch.float64).reshape(1).contiguous()
         grad_logits = torch.empty_like(x)
-        _launch("focal_loss.cu", "sigmoid_focal_bwd", _ctype(x), x.device, n * c,
-                (x, targets, np.int64(n), np.int64(c), np.float64(alpha),
-                 np.float64(gamma), np.int64(ignore_index), coef, grad_logits))
+        _launch(
+            "focal_loss.cu",
+            "sigmoid_focal_bwd",
+            _ctype(x),
+            x.device,
+            n * c,
+            (
+                x,
+                targets,
+                np.int64(n),
+                np.int64(c),
+                np.float64(alpha),
+                np.float64(gamma),
+                np.int64(ignore_index),
+                coef,
+                grad_logits,
+            ),
+        )
         return grad_logits, None, None, None, None
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0, normalization: str = "positive",
-                       grad_scale: torch.Tensor | float | None = None,
-                       ignore_index: int = -1) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "positive",
+    grad_scale: torch.Tensor | float | None = None,
+    ignore_index: int = -1,
+) -> torch.Tensor:
     """Sigmoid focal loss v2 (Lin et al. 2017), a 0-dim tensor.
 
     logits: (N, C) float. targets: (N,) integer: ``ignore_index`` (-1) skips the row,
@@ -123,8 +166,10 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     multiplied by the upstream gradient.
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"sigmoid_focal_loss: logits must be (N, C) and targets (N,); got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"sigmoid_focal_loss: logits must be (N, C) and targets (N,); got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     if targets.is_floating_point():
         raise TypeError("sigmoid_focal_loss: targets must be integer class ids (0 = background)")
     if normalization not in NORMALIZATIONS:
@@ -134,16 +179,19 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
         valid = valid & (targets > 0)
     norm = valid.sum().clamp(min=1).to(_sum_dtype(logits.dtype))
     if kernel_device(logits, targets) is not None:
-        total = SigmoidFocalSum.apply(logits, targets, float(alpha), float(gamma),
-                                      int(ignore_index))
+        total = SigmoidFocalSum.apply(
+            logits, targets, float(alpha), float(gamma), int(ignore_index)
+        )
     else:
         total = sigmoid_focal_sum_reference(logits, targets, alpha, gamma, ignore_index)
     loss = (total / norm).to(logits.dtype)
     if grad_scale is not None:
         scale = torch.as_tensor(grad_scale, dtype=logits.dtype, device=logits.device)
         if scale.numel() != 1:
-            raise ValueError(f"sigmoid_focal_loss: grad_scale must hold one value, got shape "
-                             f"{tuple(scale.shape)}")
+            raise ValueError(
+                f"sigmoid_focal_loss: grad_scale must hold one value, got shape "
+                f"{tuple(scale.shape)}"
+            )
         loss = loss * scale.reshape(())
     return loss
 
@@ -151,8 +199,9 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
 # --------------------------------------------------------------------------- smooth L1
 
 
-def smooth_l1_reference(input: torch.Tensor, target: torch.Tensor,
-                        sigma: torch.Tensor) -> torch.Tensor:
+def smooth_l1_reference(
+    input: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """Elementwise smooth L1 v2: with s = sigma^2, 0.5*s*d^2 where |d| < 1/s, else |d| - 0.5/s."""
     d = input - target
     s = sigma * sigma
@@ -169,8 +218,14 @@ class SmoothL1(torch.autograd.Function):
         t = target.contiguous()
         s, stride = _sigma_operand(sigma, x)
         out = torch.empty_like(x)
-        _launch("elementwise_losses.cu", "smooth_l1_fwd", _ctype(x), x.device, x.numel(),
-                (x, t, s, np.int64(stride), np.int64(x.numel()), out))
+        _launch(
+            "elementwise_losses.cu",
+            "smooth_l1_fwd",
+            _ctype(x),
+            x.device,
+            x.numel(),
+            (x, t, s, np.int64(stride), np.int64(x.numel()), out),
+        )
         ctx.save_for_backward(input, target, sigma)
         return out
 
@@ -179,15 +234,22 @@ class SmoothL1(torch.autograd.Function):
         input, target, sigma = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
-            return tuple(reference_backward(smooth_l1_reference, (input, target, sigma),
-                                            needs[:3], grad))
+            return tuple(
+                reference_backward(smooth_l1_reference, (input, target, sigma), needs[:3], grad)
+            )
         x, t = input.contiguous(), target.contiguous()
         s, stride = _sigma_operand(sigma, x)
         g, g_stride = _upstream(grad)
         grad_x = torch.empty_like(x)
         grad_s = torch.empty_like(x) if needs[2] else None
-        _launch("elementwise_losses.cu", "smooth_l1_bwd", _ctype(x), x.device, x.numel(),
-                (x, t, s, np.int64(stride), np.int64(x.numel()), g, g_stride, grad_x, grad_s))
+        _launch(
+            "elementwise_losses.cu",
+            "smooth_l1_bwd",
+            _ctype(x),
+            x.device,
+            x.numel(),
+            (x, t, s, np.int64(stride), np.int64(x.numel()), g, g_stride, grad_x, grad_s),
+        )
         if grad_s is not None:
             grad_s = grad_s.sum_to_size(sigma.shape)
         return (grad_x if needs[0] else None, -grad_x if needs[1] else None, grad_s)
@@ -199,8 +261,12 @@ def _sigma_operand(sigma: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, 
     return sigma.expand_as(x).contiguous(), 1
 
 
-def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor,
-                   sigma: torch.Tensor | float = 1.0, reduction: str = "none") -> torch.Tensor:
+def smooth_l1_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    sigma: torch.Tensor | float = 1.0,
+    reduction: str = "none",
+) -> torch.Tensor:
     """Smooth L1 v2 with a tensor sigma (Fast R-CNN's sigma form).
 
     input, target: same (or broadcastable) shapes. sigma: float or tensor broadcastable to
@@ -214,8 +280,10 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor,
     input, target = torch.broadcast_tensors(input.to(dtype), target.to(dtype))
     sigma = torch.as_tensor(sigma, dtype=input.dtype, device=input.device)
     if torch.broadcast_shapes(sigma.shape, input.shape) != input.shape:
-        raise ValueError(f"smooth_l1_loss: sigma of shape {tuple(sigma.shape)} must broadcast "
-                         f"to the input shape {tuple(input.shape)}")
+        raise ValueError(
+            f"smooth_l1_loss: sigma of shape {tuple(sigma.shape)} must broadcast "
+            f"to the input shape {tuple(input.shape)}"
+        )
     if kernel_device(input, target, sigma) is not None and input.numel() > 0:
         loss = SmoothL1.apply(input, target, sigma)
     else:
@@ -226,8 +294,9 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor,
 # --------------------------------------------------------------------------- wing loss
 
 
-def wing_reference(input: torch.Tensor, target: torch.Tensor, w: float = 10.0,
-                   eps: float = 2.0) -> torch.Tensor:
+def wing_reference(
+    input: torch.Tensor, target: torch.Tensor, w: float = 10.0, eps: float = 2.0
+) -> torch.Tensor:
     """Elementwise wing loss: w*ln(1 + |d|/eps) if |d| < w else |d| - C, C = w - w*ln(1+w/eps)."""
     d = (input - target).abs()
     c = w - w * np.log1p(w / eps)
@@ -241,8 +310,14 @@ class Wing(torch.autograd.Function):
     def forward(ctx, input, target, w, eps):
         x, t = input.contiguous(), target.contiguous()
         out = torch.empty_like(x)
-        _launch("elementwise_losses.cu", "wing_fwd", _ctype(x), x.device, x.numel(),
-                (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps), out))
+        _launch(
+            "elementwise_losses.cu",
+            "wing_fwd",
+            _ctype(x),
+            x.device,
+            x.numel(),
+            (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps), out),
+        )
         ctx.save_for_backward(input, target)
         ctx.params = (w, eps)
         return out
@@ -253,20 +328,31 @@ class Wing(torch.autograd.Function):
         w, eps = ctx.params
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():
-            gi, gt = reference_backward(lambda a, b: wing_reference(a, b, w, eps),
-                                        (input, target), needs[:2], grad)
+            gi, gt = reference_backward(
+                lambda a, b: wing_reference(a, b, w, eps), (input, target), needs[:2], grad
+            )
             return gi, gt, None, None
         x, t = input.contiguous(), target.contiguous()
         g, g_stride = _upstream(grad)
         grad_x = torch.empty_like(x)
-        _launch("elementwise_losses.cu", "wing_bwd", _ctype(x), x.device, x.numel(),
-                (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps), g, g_stride,
-                 grad_x))
+        _launch(
+            "elementwise_losses.cu",
+            "wing_bwd",
+            _ctype(x),
+            x.device,
+            x.numel(),
+            (x, t, np.int64(x.numel()), np.float64(w), np.float64(eps), g, g_stride, grad_x),
+        )
         return (grad_x if needs[0] else None, -grad_x if needs[1] else None, None, None)
 
 
-def wing_loss(input: torch.Tensor, target: torch.Tensor, w: float = 10.0, eps: float = 2.0,
-              reduction: str = "none") -> torch.Tensor:
+def wing_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    w: float = 10.0,
+    eps: float = 2.0,
+    reduction: str = "none",
+) -> torch.Tensor:
     """Wing loss (Feng et al., CVPR 2018) for landmark regression.
 
     Per element, with d = |input - target|: w*ln(1 + d/eps) if d < w, else d - C where

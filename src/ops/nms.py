@@ -14,6 +14,7 @@ O(K x block) for K kept boxes.
 The kernel path (ops_cuda/nms.cu) builds the same matrix as 64-bit masks and reduces it in
 one GPU thread.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,20 +28,27 @@ def _check(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None 
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"nms: boxes must be (N, 4) (x1, y1, x2, y2); got {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
-        raise ValueError(f"nms: scores must be (N,) = ({boxes.shape[0]},); "
-                         f"got {tuple(scores.shape)}")
+        raise ValueError(
+            f"nms: scores must be (N,) = ({boxes.shape[0]},); got {tuple(scores.shape)}"
+        )
     if idxs is not None and idxs.shape != boxes.shape[:1]:
-        raise ValueError(f"batched_nms: idxs must be (N,) = ({boxes.shape[0]},); "
-                         f"got {tuple(idxs.shape)}")
+        raise ValueError(
+            f"batched_nms: idxs must be (N,) = ({boxes.shape[0]},); got {tuple(idxs.shape)}"
+        )
 
 
 def _order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices
 
 
-def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
-                  offset: float = 0, idxs: torch.Tensor | None = None,
-                  block: int = 256) -> torch.Tensor:
+def nms_reference(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    offset: float = 0,
+    idxs: torch.Tensor | None = None,
+    block: int = 256,
+) -> torch.Tensor:
     """Vectorised torch NMS (``idxs`` given: only boxes of equal idxs suppress each other).
 
     Boxes are resolved in rank order, ``block`` at a time: a block's boxes first lose to the
@@ -75,8 +83,13 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
     return order[torch.cat(kept)]
 
 
-def _nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float,
-                idxs: torch.Tensor | None) -> torch.Tensor:
+def _nms_kernel(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    offset: float,
+    idxs: torch.Tensor | None,
+) -> torch.Tensor:
     from ops_cuda.launch import launch
     from ops_cuda.registry import CTYPE
 
@@ -89,33 +102,63 @@ def _nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
     c = None if idxs is None else idxs[order].to(torch.int64).contiguous()
     col_blocks = -(-n // 64)
     mask = torch.empty(n * col_blocks, dtype=torch.int64, device=boxes.device)
-    launch("nms.cu", "nms_mask", CTYPE[work_dtype], boxes.device, n * col_blocks,
-           (b, c, np.int64(n), np.int64(col_blocks), np.float64(iou_threshold),
-            np.float64(offset), mask))
+    launch(
+        "nms.cu",
+        "nms_mask",
+        CTYPE[work_dtype],
+        boxes.device,
+        n * col_blocks,
+        (
+            b,
+            c,
+            np.int64(n),
+            np.int64(col_blocks),
+            np.float64(iou_threshold),
+            np.float64(offset),
+            mask,
+        ),
+    )
     removed = torch.zeros(col_blocks, dtype=torch.int64, device=boxes.device)
     keep = torch.empty(n, dtype=torch.bool, device=boxes.device)
-    launch("nms.cu", "nms_reduce", None, boxes.device, 1,
-           (mask, np.int64(n), np.int64(col_blocks), removed, keep), single_thread=True)
+    launch(
+        "nms.cu",
+        "nms_reduce",
+        None,
+        boxes.device,
+        1,
+        (mask, np.int64(n), np.int64(col_blocks), removed, keep),
+        single_thread=True,
+    )
     return order[keep]
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
-        offset: float = 0) -> torch.Tensor:
+def nms(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float = 0
+) -> torch.Tensor:
     """Greedy NMS. boxes (N, 4), scores (N,) -> kept indices (K,) int64, highest score first."""
     _check(boxes, scores)
-    if kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16,
-                                    torch.bfloat16)) is not None:
+    if (
+        kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
+        is not None
+    ):
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), None)
     return nms_reference(boxes, scores, iou_threshold, offset)
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                iou_threshold: float, offset: float = 0) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    iou_threshold: float,
+    offset: float = 0,
+) -> torch.Tensor:
     """NMS within each class: boxes (N, 4), scores (N,), idxs (N,) integer class (or image)
     ids; boxes with different idxs never suppress each other. Returns kept indices (K,) int64
     sorted by decreasing score. Exact for any coordinates (no coordinate-offset trick)."""
     _check(boxes, scores, idxs)
-    if kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16,
-                                    torch.bfloat16)) is not None:
+    if (
+        kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
+        is not None
+    ):
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), idxs)
     return nms_reference(boxes, scores, iou_threshold, offset, idxs)

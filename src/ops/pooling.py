@@ -14,6 +14,7 @@ Backward sends each output's gradient to the arg-max of its scanned range. Tie r
 Center pooling and cascade corner pooling are composed from these (CenterNet issue).
 NaN inputs are not supported.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,9 +68,14 @@ class CornerPool(torch.autograd.Function):
         n, c, h, w = xc.shape
         y = torch.empty_like(xc)
         lines = n * c * (w if DIRECTIONS[direction] < 2 else h)
-        launch("corner_pool.cu", "corner_pool_fwd", CTYPE[xc.dtype], xc.device, lines,
-               (xc, np.int64(n * c), np.int64(h), np.int64(w), np.int32(DIRECTIONS[direction]),
-                y))
+        launch(
+            "corner_pool.cu",
+            "corner_pool_fwd",
+            CTYPE[xc.dtype],
+            xc.device,
+            lines,
+            (xc, np.int64(n * c), np.int64(h), np.int64(w), np.int32(DIRECTIONS[direction]), y),
+        )
         ctx.save_for_backward(x)
         ctx.params = (direction, tie)
         return y
@@ -82,16 +88,31 @@ class CornerPool(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         direction, tie = ctx.params
         if torch.is_grad_enabled():
-            (g,) = reference_backward(lambda a: corner_pool_reference(a, direction, tie),
-                                      (x,), (True,), grad)
+            (g,) = reference_backward(
+                lambda a: corner_pool_reference(a, direction, tie), (x,), (True,), grad
+            )
             return g, None, None
         xc = x.contiguous()
         n, c, h, w = xc.shape
         gin = torch.zeros_like(xc)
         lines = n * c * (w if DIRECTIONS[direction] < 2 else h)
-        launch("corner_pool.cu", "corner_pool_bwd", CTYPE[xc.dtype], xc.device, lines,
-               (xc, grad.contiguous(), np.int64(n * c), np.int64(h), np.int64(w),
-                np.int32(DIRECTIONS[direction]), np.int32(TIES[tie]), gin))
+        launch(
+            "corner_pool.cu",
+            "corner_pool_bwd",
+            CTYPE[xc.dtype],
+            xc.device,
+            lines,
+            (
+                xc,
+                grad.contiguous(),
+                np.int64(n * c),
+                np.int64(h),
+                np.int64(w),
+                np.int32(DIRECTIONS[direction]),
+                np.int32(TIES[tie]),
+                gin,
+            ),
+        )
         return gin, None, None
 
 
@@ -100,8 +121,7 @@ def corner_pool(x: torch.Tensor, direction: str, tie: str = "nearest") -> torch.
     "right"); same shape out. ``tie`` picks which equal maximum receives the gradient
     ("nearest" or "first", see the module docstring)."""
     if direction not in DIRECTIONS:
-        raise ValueError(f"corner_pool: direction={direction!r}; choose one of "
-                         f"{tuple(DIRECTIONS)}")
+        raise ValueError(f"corner_pool: direction={direction!r}; choose one of {tuple(DIRECTIONS)}")
     if tie not in TIES:
         raise ValueError(f"corner_pool: tie={tie!r}; choose one of {tuple(TIES)}")
     if x.dim() != 4:

@@ -41,6 +41,7 @@ prefixing) that picks the best checkpoint, ``monitor_mode`` is ``"max"`` or ``"m
 ``visualize(batch)`` returns ``{key: [(HxWx3 uint8 array, caption), ...]}`` for the logger.
 ``predict(paths, out_dir)`` writes predictions (JSON + pictures) for image files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -16,6 +16,7 @@ dict samples, ``collate_faces`` padding with -1) and the WIDER FACE evaluator
 * ``predict``: image files -> pictures with boxes and landmarks, and the detections;
 * ``export``: ONNX with dynamic batch, height and width (``export_onnx``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,13 @@ log = logging.getLogger(__name__)
 LANDMARK_COLOURS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
 
 
-def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    landmarks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def draw_detections(
+    image_bgr: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    landmarks: np.ndarray,
+    threshold: float = 0.5,
+) -> np.ndarray:
     """A copy of the uint8 BGR image with boxes, scores and landmarks of detections whose score
     is at least ``threshold`` (pixel coordinates of the image)."""
     out = np.ascontiguousarray(image_bgr.copy())
@@ -50,8 +56,15 @@ def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray
             continue
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), thick)
-        cv2.putText(out, f"{score:.2f}", (x1, max(y1 - 3, 8)), cv2.FONT_HERSHEY_DUPLEX,
-                    0.35 * thick, (255, 255, 255), 1)
+        cv2.putText(
+            out,
+            f"{score:.2f}",
+            (x1, max(y1 - 3, 8)),
+            cv2.FONT_HERSHEY_DUPLEX,
+            0.35 * thick,
+            (255, 255, 255),
+            1,
+        )
         for k, colour in enumerate(LANDMARK_COLOURS):
             x, y = float(pts[2 * k]), float(pts[2 * k + 1])
             if x >= 0 and y >= 0:
@@ -94,9 +107,13 @@ class RetinaFaceTask(Task):
         super().__init__(model, loss, data)
         variances = getattr(loss, "variances", (0.1, 0.2))
         self.detect_cfg = DetectConfig(
-            confidence_threshold=float(confidence_threshold), top_k=int(top_k),
-            nms_threshold=float(nms_threshold), keep_top_k=int(keep_top_k),
-            nms_offset=float(nms_offset), variances=tuple(variances))
+            confidence_threshold=float(confidence_threshold),
+            top_k=int(top_k),
+            nms_threshold=float(nms_threshold),
+            keep_top_k=int(keep_top_k),
+            nms_offset=float(nms_offset),
+            variances=tuple(variances),
+        )
         self.save_predictions = bool(save_predictions)
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
         if self.save_predictions and self.predictions_dir is None:
@@ -121,16 +138,28 @@ class RetinaFaceTask(Task):
         loc, conf, landm = self.model(images)
         # the loss runs in float32 whatever the autocast precision of the network
         with torch.autocast(device_type=images.device.type, enabled=False):
-            out = self.loss((loc.float(), conf.float(), landm.float()), self.priors(images),
-                            batch["boxes"].float(), batch["labels"], batch["landmarks"].float(),
-                            image_size=tuple(images.shape[-2:]))
+            out = self.loss(
+                (loc.float(), conf.float(), landm.float()),
+                self.priors(images),
+                batch["boxes"].float(),
+                batch["labels"],
+                batch["landmarks"].float(),
+                image_size=tuple(images.shape[-2:]),
+            )
         return out
 
     # ---- inference ------------------------------------------------------------------
     def detect_batch(self, images: torch.Tensor, scale: Any = 1.0) -> list[dict]:
         loc, conf, landm = self.model(images)
-        return detect(loc.float(), conf.float(), landm.float(), self.priors(images),
-                      tuple(images.shape[-2:]), scale=scale, cfg=self.detect_cfg)
+        return detect(
+            loc.float(),
+            conf.float(),
+            landm.float(),
+            self.priors(images),
+            tuple(images.shape[-2:]),
+            scale=scale,
+            cfg=self.detect_cfg,
+        )
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         from src.metrics.widerface import (
@@ -154,13 +183,19 @@ class RetinaFaceTask(Task):
         gt = val.widerface_gt()
         if len(predictions) < len(gt):  # limit_val_batches: score the images that were run
             idx = [i for i, k in enumerate(gt.keys) if k in predictions]
-            gt = WiderFaceGT([gt.keys[i] for i in idx], [gt.boxes[i] for i in idx],
-                             {s: [v[i] for i in idx] for s, v in gt.keep.items()})
+            gt = WiderFaceGT(
+                [gt.keys[i] for i in idx],
+                [gt.boxes[i] for i in idx],
+                {s: [v[i] for i in idx] for s, v in gt.keep.items()},
+            )
         aps = evaluate_widerface(predictions, gt)
         if self.save_predictions:
             write_widerface_predictions(predictions, self.predictions_dir)
-            log.info("wrote WIDER FACE predictions of %d images to %s", len(predictions),
-                     self.predictions_dir)
+            log.info(
+                "wrote WIDER FACE predictions of %d images to %s",
+                len(predictions),
+                self.predictions_dir,
+            )
         return {f"ap_{k}": float(v) for k, v in aps.items()}
 
     @torch.no_grad()
@@ -172,9 +207,13 @@ class RetinaFaceTask(Task):
         self.train(was_training)
         out = []
         for img, d in zip(images, dets):
-            picture = draw_detections(to_bgr_uint8(img), d["boxes"].cpu().numpy(),
-                                      d["scores"].cpu().numpy(), d["landmarks"].cpu().numpy(),
-                                      self.vis_threshold)
+            picture = draw_detections(
+                to_bgr_uint8(img),
+                d["boxes"].cpu().numpy(),
+                d["scores"].cpu().numpy(),
+                d["landmarks"].cpu().numpy(),
+                self.vis_threshold,
+            )
             n = int((d["scores"] >= self.vis_threshold).sum())
             out.append((picture[:, :, ::-1].copy(), f"{n} faces >= {self.vis_threshold:.2f}"))
         return {"detections": out}
@@ -210,24 +249,31 @@ class RetinaFaceTask(Task):
                 stem = f"{path.stem}_{n}"
             used.add(stem)
             picture = out_dir / f"{stem}_faces.jpg"
-            cv2.imwrite(str(picture), draw_detections(raw, boxes, scores, points,
-                                                      self.vis_threshold))
+            cv2.imwrite(
+                str(picture), draw_detections(raw, boxes, scores, points, self.vis_threshold)
+            )
             keep = scores >= self.vis_threshold
-            results.append({
-                "path": str(path),
-                "picture": str(picture),
-                "detections": [
-                    {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                     "landmarks": [round(float(v), 2) for v in p]}
-                    for b, s, p in zip(boxes[keep], scores[keep], points[keep])
-                ],
-            })
+            results.append(
+                {
+                    "path": str(path),
+                    "picture": str(picture),
+                    "detections": [
+                        {
+                            "box": [round(float(v), 2) for v in b],
+                            "score": round(float(s), 5),
+                            "landmarks": [round(float(v), 2) for v in p],
+                        }
+                        for b, s, p in zip(boxes[keep], scores[keep], points[keep])
+                    ],
+                }
+            )
         self.train(was_training)
         return results
 
     def export(self, out_dir: Path) -> list[Path]:
         from src.models.retinaface.export import export_onnx
 
-        path = export_onnx(self.model, Path(out_dir) / "retinaface.onnx",
-                           sample_size=self.export_size)
+        path = export_onnx(
+            self.model, Path(out_dir) / "retinaface.onnx", sample_size=self.export_size
+        )
         return [path]

@@ -1,4 +1,5 @@
 """Print the composed config as a rich tree and keep a copy in the run dir."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,22 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 
-ORDER = ("task_name", "mode", "model", "loss", "dataset", "optimizer", "scheduler", "trainer",
-         "logger", "paths", "seed", "ckpt_path", "resume", "tags")
+ORDER = (
+    "task_name",
+    "mode",
+    "model",
+    "loss",
+    "dataset",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "paths",
+    "seed",
+    "ckpt_path",
+    "resume",
+    "tags",
+)
 
 
 def print_config_tree(cfg: DictConfig, save_dir: Path | None, print_it: bool = True) -> None:
@@ -18,8 +33,9 @@ def print_config_tree(cfg: DictConfig, save_dir: Path | None, print_it: bool = T
     for key in keys:
         value = cfg[key]
         branch = tree.add(str(key), style="bold", guide_style="dim")
-        text = (OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig)
-                else str(value))
+        text = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(rich.syntax.Syntax(text, "yaml"))
     if print_it:
         rich.print(tree)

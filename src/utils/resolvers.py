@@ -8,6 +8,7 @@ identically on all ranks (``torchrun --standalone`` makes it a fresh uuid; other
 ``${rank_zero_only:VALUE}``: VALUE on global rank 0 (or without torchrun), null elsewhere, so
 only rank 0 writes Hydra's ``.hydra/`` folder into the shared run dir.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """run.py end to end as a subprocess on the toy trainer: modes, multirun, W&B offline, DDP."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,38 @@ from tests.conftest import REPO, TOY, cli_env, run_cli
 
 def test_train_eval_predict_modes_with_wandb_offline(tmp_path):
     run = tmp_path / "train"
-    r = run_cli(*TOY, "logger=wandb", "logger.mode=offline", "trainer.max_epochs=2",
-                "trainer.batch_size=8", f"hydra.run.dir={run}", "seed=0")
+    r = run_cli(
+        *TOY,
+        "logger=wandb",
+        "logger.mode=offline",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=8",
+        f"hydra.run.dir={run}",
+        "seed=0",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("config.yaml", "config_tree.log", "metrics.jsonl", "summary.json",
-                 "checkpoints/last.ckpt", "checkpoints/best.ckpt", ".hydra/config.yaml"):
+    for name in (
+        "config.yaml",
+        "config_tree.log",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        ".hydra/config.yaml",
+    ):
         assert (run / name).exists(), name
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb")), "no W&B offline run files"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 16
 
-    ev = run_cli(*TOY, "logger=none", "mode=eval", f"ckpt_path={run}/checkpoints/best.ckpt",
-                 f"hydra.run.dir={tmp_path / 'eval'}")
+    ev = run_cli(
+        *TOY,
+        "logger=none",
+        "mode=eval",
+        f"ckpt_path={run}/checkpoints/best.ckpt",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     ev_summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert ev_summary["val/acc"] == summary["best"]  # same weights, same metric
@@ -32,8 +52,9 @@ def test_train_eval_predict_modes_with_wandb_offline(tmp_path):
     img.mkdir()
     (img / "a.png").write_bytes(b"")  # toy predict only records paths
     (img / "b.jpg").write_bytes(b"")
-    pr = run_cli(*TOY, "logger=none", "mode=predict", f"input={img}",
-                 f"hydra.run.dir={tmp_path / 'pred'}")
+    pr = run_cli(
+        *TOY, "logger=none", "mode=predict", f"input={img}", f"hydra.run.dir={tmp_path / 'pred'}"
+    )
     assert pr.returncode == 0, pr.stderr[-3000:]
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [p["path"] for p in preds] == [str(img / "a.png"), str(img / "b.jpg")]
@@ -55,17 +76,27 @@ def test_user_mistakes_give_one_line(tmp_path):
 
 
 def test_typos_and_wrong_types_fail_at_composition(tmp_path):
-    for override, needle in (("trainer.max_epoch=3", "max_epoch"),
-                             ("optimizer.lrr=0.1", "lrr"),
-                             ("trainer.batch_size=big", "batch_size")):
+    for override, needle in (
+        ("trainer.max_epoch=3", "max_epoch"),
+        ("optimizer.lrr=0.1", "lrr"),
+        ("trainer.batch_size=big", "batch_size"),
+    ):
         r = run_cli(*TOY, override, f"hydra.run.dir={tmp_path / 'x'}")
         assert r.returncode != 0 and needle in r.stderr, (override, r.stderr[-1500:])
 
 
 def test_multirun_two_jobs_each_its_own_wandb_run(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_cli("-m", *TOY, "logger=wandb", "logger.mode=offline", "trainer.max_steps=3",
-                "trainer.batch_size=8", "optimizer.lr=0.1,0.01", f"hydra.sweep.dir={sweep}")
+    r = run_cli(
+        "-m",
+        *TOY,
+        "logger=wandb",
+        "logger.mode=offline",
+        "trainer.max_steps=3",
+        "trainer.batch_size=8",
+        "optimizer.lr=0.1,0.01",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
@@ -82,10 +113,25 @@ def test_multirun_two_jobs_each_its_own_wandb_run(tmp_path):
 
 def test_ddp_two_gloo_processes_share_one_run_dir(tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "run.py")]
-    r = run_cli(*TOY, "logger=none", "trainer.max_epochs=2", "trainer.batch_size=8", "seed=0",
-                f"hydra.run.dir={run}", module=cmd, env=cli_env(), timeout=400)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "run.py"),
+    ]
+    r = run_cli(
+        *TOY,
+        "logger=none",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=8",
+        "seed=0",
+        f"hydra.run.dir={run}",
+        module=cmd,
+        env=cli_env(),
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run / "summary.json").read_text())
     # 64 samples over 2 ranks x 8 per batch = 4 steps per epoch
@@ -98,8 +144,15 @@ def test_ddp_two_gloo_processes_share_one_run_dir(tmp_path):
 
 def test_checkpoint_artifact_is_recorded_in_the_offline_run(tmp_path):
     run = tmp_path / "art"
-    r = run_cli(*TOY, "logger=wandb", "logger.mode=offline", "logger.log_checkpoint=true",
-                "trainer.max_steps=2", "trainer.batch_size=8", f"hydra.run.dir={run}")
+    r = run_cli(
+        *TOY,
+        "logger=wandb",
+        "logger.mode=offline",
+        "logger.log_checkpoint=true",
+        "trainer.max_steps=2",
+        "trainer.batch_size=8",
+        f"hydra.run.dir={run}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (records,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     data = records.read_bytes()

@@ -1,4 +1,5 @@
 """Engine pieces in-process: sampler sharding/resume, NaN skipping, accumulation, atomic saves."""
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,15 @@ def test_sample_rng_depends_on_seed_epoch_index_only():
 
 
 def _trainer(tmp_path, data, **trainer_overrides):
-    cfg = OmegaConf.structured(TrainerConfig(
-        batch_size=8, num_workers=0, progress_bar=False, log_every_n_steps=1, **trainer_overrides))
+    cfg = OmegaConf.structured(
+        TrainerConfig(
+            batch_size=8,
+            num_workers=0,
+            progress_bar=False,
+            log_every_n_steps=1,
+            **trainer_overrides,
+        )
+    )
     seed_everything(0)
     task = ToyTask(ToyNet(), torch.nn.CrossEntropyLoss(), data)
     opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.1})
@@ -64,7 +72,7 @@ def test_nonfinite_losses_are_skipped_and_counted(tmp_path):
     # each NaN sample poisons its whole batch's loss: count the poisoned batches independently
     sampler = ResumableSampler(64, shuffle=True, seed=0, batch_size=8, drop_last=True)
     order = [i for _, i in sampler]
-    poisoned = sum(any(i % 9 == 0 for i in order[b * 8:(b + 1) * 8]) for b in range(8))
+    poisoned = sum(any(i % 9 == 0 for i in order[b * 8 : (b + 1) * 8]) for b in range(8))
     assert 0 < poisoned < 8
     assert summary["nonfinite_skipped"] == poisoned
     for p in trainer.task.parameters():
@@ -83,15 +91,23 @@ def test_gradient_accumulation_matches_a_big_batch(tmp_path):
     data = blobs_splits(n_train=64)
 
     def run(bs, acc, sub):
-        cfg = OmegaConf.structured(TrainerConfig(
-            batch_size=bs, accumulate_grad_batches=acc, max_steps=3, num_workers=0,
-            progress_bar=False, eval_every_n_epochs=0))
+        cfg = OmegaConf.structured(
+            TrainerConfig(
+                batch_size=bs,
+                accumulate_grad_batches=acc,
+                max_steps=3,
+                num_workers=0,
+                progress_bar=False,
+                eval_every_n_epochs=0,
+            )
+        )
         seed_everything(0)
         net = torch.nn.Linear(4, 3)
         task = ToyTask(net, torch.nn.CrossEntropyLoss(), data)
         opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.5})
-        Trainer(task, cfg, tmp_path / sub, RunLogger(tmp_path / sub, None), seed=0,
-                optimizer_cfg=opt).fit()
+        Trainer(
+            task, cfg, tmp_path / sub, RunLogger(tmp_path / sub, None), seed=0, optimizer_cfg=opt
+        ).fit()
         return net.weight.detach().clone()
 
     # sampler order is per (seed, epoch), so 3 steps of 8 == 3 windows of 2 x 4 on same samples
@@ -154,9 +170,16 @@ class TwoOptimizerTask(ToyTask):
 
 def test_manual_optimisation_steps_several_optimizers_in_one_loop(tmp_path):
     data = blobs_splits(n_train=32)
-    cfg = OmegaConf.structured(TrainerConfig(batch_size=8, max_steps=4, num_workers=0,
-                                             progress_bar=False, accumulate_grad_batches=2,
-                                             eval_every_n_epochs=0))
+    cfg = OmegaConf.structured(
+        TrainerConfig(
+            batch_size=8,
+            max_steps=4,
+            num_workers=0,
+            progress_bar=False,
+            accumulate_grad_batches=2,
+            eval_every_n_epochs=0,
+        )
+    )
     seed_everything(0)
     task = TwoOptimizerTask(data)
     g0 = task.model.weight.detach().clone()
@@ -185,24 +208,38 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     data = blobs_splits(n_train=16)
 
     def step(clip):
-        cfg = OmegaConf.structured(TrainerConfig(
-            batch_size=8, max_steps=1, num_workers=0, progress_bar=False,
-            eval_every_n_epochs=0, grad_clip_norm=clip))
+        cfg = OmegaConf.structured(
+            TrainerConfig(
+                batch_size=8,
+                max_steps=1,
+                num_workers=0,
+                progress_bar=False,
+                eval_every_n_epochs=0,
+                grad_clip_norm=clip,
+            )
+        )
         seed_everything(0)
         net = torch.nn.Linear(4, 3)
         before = [p.detach().clone() for p in net.parameters()]
         task = ToyTask(net, torch.nn.CrossEntropyLoss(), data)
         opt = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 1.0})
-        Trainer(task, cfg, tmp_path / str(clip), RunLogger(tmp_path / str(clip), None), seed=0,
-                optimizer_cfg=opt).fit()
+        Trainer(
+            task,
+            cfg,
+            tmp_path / str(clip),
+            RunLogger(tmp_path / str(clip), None),
+            seed=0,
+            optimizer_cfg=opt,
+        ).fit()
         return torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters())])
 
     free = step(None)
     assert free.norm() > 0.05
     clipped = step(0.05)
     torch.testing.assert_close(clipped.norm(), torch.tensor(0.05), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(clipped / clipped.norm(), free / free.norm(), rtol=1e-4,
-                               atol=1e-6)  # same direction
+    torch.testing.assert_close(
+        clipped / clipped.norm(), free / free.norm(), rtol=1e-4, atol=1e-6
+    )  # same direction
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):

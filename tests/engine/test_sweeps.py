@@ -1,4 +1,5 @@
 """Optuna search over the monitored metric, and the SLURM launcher config composing."""
+
 from __future__ import annotations
 
 import yaml
@@ -8,9 +9,17 @@ from tests.conftest import TOY, run_cli
 
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
     sweep = tmp_path / "optuna"
-    r = run_cli(*TOY, "hparams_search=optuna", "optimized_metric=val/acc", "logger=none",
-                "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
-                "trainer.max_steps=4", "trainer.batch_size=8", f"hydra.sweep.dir={sweep}")
+    r = run_cli(
+        *TOY,
+        "hparams_search=optuna",
+        "optimized_metric=val/acc",
+        "logger=none",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "trainer.max_steps=4",
+        "trainer.batch_size=8",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay"}
@@ -23,8 +32,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    r = run_cli("--cfg", "hydra", "--package", "hydra.launcher", *TOY,
-                "hydra/launcher=slurm")
+    r = run_cli("--cfg", "hydra", "--package", "hydra.launcher", *TOY, "hydra/launcher=slurm")
     assert r.returncode == 0, r.stderr[-2000:]
     launcher = yaml.safe_load(r.stdout)
     node = launcher.get("hydra", {}).get("launcher", launcher)

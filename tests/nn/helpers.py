@@ -1,12 +1,14 @@
 """Independent numpy oracles (float64) for the detection-toolkit tests."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 
-def random_boxes(gen: torch.Generator, *shape: int, scale: float = 100.0,
-                 dtype=torch.float64) -> torch.Tensor:
+def random_boxes(
+    gen: torch.Generator, *shape: int, scale: float = 100.0, dtype=torch.float64
+) -> torch.Tensor:
     """Corner boxes with positive sizes: (*shape, 4)."""
     xy = torch.rand(*shape, 2, generator=gen, dtype=dtype) * scale
     wh = torch.rand(*shape, 2, generator=gen, dtype=dtype) * scale * 0.5 + 1.0

@@ -4,6 +4,7 @@ Oracles: ``loop_anchors`` (straight Python loops, level -> row -> column -> shap
 floats) and the dense IoU of every (anchor, ground truth) pair from ``src.ops.box_iou`` in
 float32 and float64: every pair reaching ``min_iou`` there must be a candidate.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,19 +42,38 @@ def loop_anchors(h, w, steps, sizes, offset=0.5, normalized=True, fmt="corner"):
 CONFIGS = {
     # name: (image_size, steps, sizes, offset, normalized)
     "retinaface_640": ((640, 640), STEPS, RETINA_SIZES, 0.5, True),
-    "ssd_rect_pixels": ((300, 500), (8, 16, 32, 64, 100, 300),
-                        [[(30, 30), (42, 42), (42, 21), (21, 42)],
-                         [(60, 60), (85, 85), (85, 42.5), (42.5, 85), (104, 35), (35, 104)],
-                         [(111, 111), (135, 135), (157, 78.5), (78.5, 157)],
-                         [(162, 162), (185, 185), (229, 114.5)],
-                         [(213, 213), (237, 237), (301, 150.5), (150.5, 301)],
-                         [(264, 264), (288, 288)]], 0.5, False),
-    "odd_rect_normalized": ((37, 53), (8, 16, 32), [[(10, 6), (6, 10)], [(24, 24)],
-                                                    [(40, 30), (64, 48), (20, 50)]], 0.5, True),
-    "yolo_offset0_pixels": ((97, 131), (8, 16, 32), [[(10, 13), (16, 30), (33, 23)],
-                                                     [(30, 61), (62, 45), (59, 119)],
-                                                     [(116, 90), (156, 198), (373, 326)]],
-                            0.0, False),
+    "ssd_rect_pixels": (
+        (300, 500),
+        (8, 16, 32, 64, 100, 300),
+        [
+            [(30, 30), (42, 42), (42, 21), (21, 42)],
+            [(60, 60), (85, 85), (85, 42.5), (42.5, 85), (104, 35), (35, 104)],
+            [(111, 111), (135, 135), (157, 78.5), (78.5, 157)],
+            [(162, 162), (185, 185), (229, 114.5)],
+            [(213, 213), (237, 237), (301, 150.5), (150.5, 301)],
+            [(264, 264), (288, 288)],
+        ],
+        0.5,
+        False,
+    ),
+    "odd_rect_normalized": (
+        (37, 53),
+        (8, 16, 32),
+        [[(10, 6), (6, 10)], [(24, 24)], [(40, 30), (64, 48), (20, 50)]],
+        0.5,
+        True,
+    ),
+    "yolo_offset0_pixels": (
+        (97, 131),
+        (8, 16, 32),
+        [
+            [(10, 13), (16, 30), (33, 23)],
+            [(30, 61), (62, 45), (59, 119)],
+            [(116, 90), (156, 198), (373, 326)],
+        ],
+        0.0,
+        False,
+    ),
     # tiny anchors far from the origin: float32 rounding of the coordinates is a sizeable
     # fraction of a box side there (the absolute slack of the bounds matters)
     "tiny_far_pixels": ((16, 20000), (3.3,), [[(2.2, 1.7), (1.3, 2.9)]], 0.5, False),
@@ -84,12 +104,16 @@ def test_feature_maps_use_ceil_and_float_steps():
     grid = grid_of("ssd_rect_pixels")  # SSD300-style strides, 300 x 500 image
     assert grid.feature_map_sizes == [(38, 63), (19, 32), (10, 16), (5, 8), (3, 5), (1, 2)]
     assert AnchorGrid((37, 53), (8, 16, 32), [[(1, 1)]] * 3).feature_map_sizes == [
-        (5, 7), (3, 4), (2, 2)]
+        (5, 7),
+        (3, 4),
+        (2, 2),
+    ]
     g = AnchorGrid((300, 300), (7.5,), [[(10, 20)]], normalized=False)
     assert g.feature_map_sizes == [(40, 40)]
-    assert torch.equal(g.anchors("center", dtype=F64),
-                       loop_anchors(300, 300, (7.5,), [[(10, 20)]], normalized=False,
-                                    fmt="center"))
+    assert torch.equal(
+        g.anchors("center", dtype=F64),
+        loop_anchors(300, 300, (7.5,), [[(10, 20)]], normalized=False, fmt="center"),
+    )
 
 
 @pytest.mark.parametrize("hw", [(640, 640), (480, 640), (37, 53), (1, 1), (841, 613)])
@@ -143,8 +167,9 @@ def boundary_gts(gen: torch.Generator, grid: AnchorGrid, n: int, min_iou: float)
     return torch.stack([cx - aw / 2, cy - ah / 2, cx + aw / 2, cy + ah / 2], 1).float(), src
 
 
-def random_gts(gen: torch.Generator, grid: AnchorGrid, b: int, m: int, mode: str,
-               min_iou: float) -> torch.Tensor:
+def random_gts(
+    gen: torch.Generator, grid: AnchorGrid, b: int, m: int, mode: str, min_iou: float
+) -> torch.Tensor:
     """(b, m, 4) float32 corner boxes in the grid's coordinates, about 25 % padding rows.
 
     ``typical``: sides log-uniform from 2 px to the image, anywhere (also partly outside);
@@ -156,8 +181,11 @@ def random_gts(gen: torch.Generator, grid: AnchorGrid, b: int, m: int, mode: str
     if mode == "boundary":
         box = boundary_gts(gen, grid, n, min_iou)[0]
     else:
-        lo, hi = (math.log(2), math.log(max(h, w))) if mode == "typical" else (
-            math.log(max(h, w)), math.log(3 * max(h, w)))
+        lo, hi = (
+            (math.log(2), math.log(max(h, w)))
+            if mode == "typical"
+            else (math.log(max(h, w)), math.log(3 * max(h, w)))
+        )
         side = torch.exp(torch.empty(n, 1, dtype=F64).uniform_(lo, hi, generator=gen))
         wh = side * torch.empty(n, 2, dtype=F64).uniform_(0.5, 2.0, generator=gen)
         c = torch.rand(n, 2, generator=gen, dtype=F64) * 1.2 - 0.1
@@ -189,17 +217,20 @@ def check_superset(grid: AnchorGrid, boxes: torch.Tensor, min_iou: float):
         iou = box_iou(flat.to(dtype), grid.anchors("corner", dtype=dtype))  # (G, N)
         need = (iou >= min_iou) & ~pad[:, None]
         missed = need & ~have
-        assert not missed.any(), (dtype, missed.nonzero()[:5].tolist(),
-                                  iou[missed][:5].tolist())
+        assert not missed.any(), (dtype, missed.nonzero()[:5].tolist(), iou[missed][:5].tolist())
         needed = max(needed, int(need.sum()))
     return gt, anc, needed
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(name=st.sampled_from(sorted(CONFIGS)),
-       mode=st.sampled_from(["typical", "typical", "boundary", "boundary", "huge"]),
-       min_iou=st.sampled_from([0.05, 0.2, 0.3, 0.35, 0.5, 0.7, 0.95, 1.0]),
-       b=st.integers(1, 3), m=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
+@given(
+    name=st.sampled_from(sorted(CONFIGS)),
+    mode=st.sampled_from(["typical", "typical", "boundary", "boundary", "huge"]),
+    min_iou=st.sampled_from([0.05, 0.2, 0.3, 0.35, 0.5, 0.7, 0.95, 1.0]),
+    b=st.integers(1, 3),
+    m=st.integers(1, 8),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_candidates_contain_every_pair_reaching_min_iou(name, mode, min_iou, b, m, seed):
     grid = grid_of(name)
     boxes = random_gts(torch.Generator().manual_seed(seed), grid, b, m, mode, min_iou)
@@ -242,8 +273,9 @@ def test_tight_on_the_retinaface_grid(min_iou):
     # typical faces (8..250 px) on the 640 px grid: a trivial "all pairs" answer fails
     grid = AnchorGrid.square((640, 640), STEPS, MIN_SIZES)
     gen = torch.Generator().manual_seed(3)
-    side = torch.exp(torch.empty(32, 10, 1, dtype=F64).uniform_(math.log(8), math.log(250),
-                                                                 generator=gen))
+    side = torch.exp(
+        torch.empty(32, 10, 1, dtype=F64).uniform_(math.log(8), math.log(250), generator=gen)
+    )
     wh = side * torch.empty(32, 10, 2, dtype=F64).uniform_(0.7, 1.3, generator=gen) / 640
     c = torch.rand(32, 10, 2, generator=gen, dtype=F64)
     boxes = torch.cat([c - wh / 2, c + wh / 2], -1).float()
@@ -273,12 +305,28 @@ def test_edge_cases():
     tiny = torch.tensor([[[0.5, 0.5, 0.5 + 1 / 640, 0.5 + 1 / 640]]])
     assert grid.candidates(tiny, 0.2)[0].numel() == 0
     # zero-area, inverted and non-finite boxes reach no IoU > 0: no pair
-    odd = torch.tensor([[[0.2, 0.2, 0.2, 0.4], [0.5, 0.5, 0.4, 0.4],
-                         [float("nan"), 0.1, 0.2, 0.2], [0.1, 0.1, float("inf"), 0.3]]])
+    odd = torch.tensor(
+        [
+            [
+                [0.2, 0.2, 0.2, 0.4],
+                [0.5, 0.5, 0.4, 0.4],
+                [float("nan"), 0.1, 0.2, 0.2],
+                [0.1, 0.1, float("inf"), 0.3],
+            ]
+        ]
+    )
     assert grid.candidates(odd, 0.05)[0].numel() == 0
     # larger than the image / partly outside: the dense oracle decides (and pairs exist)
-    big = torch.tensor([[[-0.5, -0.5, 1.5, 1.5], [-0.3, 0.2, 1.1, 0.9],
-                         [-0.05, -0.05, 0.05, 0.05], [0.97, 0.4, 1.03, 0.45]]])
+    big = torch.tensor(
+        [
+            [
+                [-0.5, -0.5, 1.5, 1.5],
+                [-0.3, 0.2, 1.1, 0.9],
+                [-0.05, -0.05, 0.05, 0.05],
+                [0.97, 0.4, 1.03, 0.45],
+            ]
+        ]
+    )
     for t in (0.1, 0.3, 0.6):
         check_superset(grid, big, t)
     gt, _ = grid.candidates(big, 0.1)
@@ -295,8 +343,7 @@ def test_edge_cases():
 
 def test_float64_boxes_and_integer_steps_agree_with_float_steps():
     g_int = AnchorGrid.square((320, 320), (8, 16, 32), MIN_SIZES)
-    g_flt = AnchorGrid.square((320, 320), (8.0, 16.0, 32.0), [[16.0, 32.0], [64, 128],
-                                                                [256, 512]])
+    g_flt = AnchorGrid.square((320, 320), (8.0, 16.0, 32.0), [[16.0, 32.0], [64, 128], [256, 512]])
     assert torch.equal(g_int.anchors(), g_flt.anchors())
     boxes = random_gts(torch.Generator().manual_seed(1), g_int, 2, 6, "typical", 0.3)
     a = g_int.candidates(boxes, 0.3)

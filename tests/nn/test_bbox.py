@@ -95,8 +95,9 @@ def test_iou_matches_mxnet_numpy_oracle_corner_and_center():
             ltrb = torch.cat((xy - wh / 2, xy + wh / 2), -1)
             a, b = ltrb[0], ltrb[1, :5]
             ours = BBoxBatchIOU(offset=offset)(a[None], b[None])[0].numpy()
-            np.testing.assert_allclose(ours, np_box_iou(a.numpy(), b.numpy(), offset=offset),
-                                       rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                ours, np_box_iou(a.numpy(), b.numpy(), offset=offset), rtol=1e-12, atol=1e-12
+            )
             ours_c = BBoxBatchIOU(fmt="center", offset=offset)(xywh[0][None], xywh[1, :5][None])
             ref_c = np_box_iou(xywh[0].numpy(), xywh[1, :5].numpy(), fmt="center", offset=offset)
             np.testing.assert_allclose(ours_c[0].numpy(), ref_c, rtol=1e-12, atol=1e-12)
@@ -111,15 +112,27 @@ def test_iou_torchvision_oracle_batched_and_broadcast():
     for i in range(4):  # batched == per image == torchvision
         ref = torchvision.ops.box_iou(anchors, gts[i])
         torch.testing.assert_close(iou[i], ref, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(BBoxBatchIOU()(anchors[None], gts[i:i + 1])[0], ref)
+        torch.testing.assert_close(BBoxBatchIOU()(anchors[None], gts[i : i + 1])[0], ref)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(*[st.floats(-50, 50, allow_nan=False)] * 2,
-                          *[st.floats(0.0, 40, allow_nan=False)] * 2), min_size=1, max_size=6),
-       st.lists(st.tuples(*[st.floats(-50, 50, allow_nan=False)] * 2,
-                          *[st.floats(0.0, 40, allow_nan=False)] * 2), min_size=1, max_size=6),
-       st.sampled_from([0, 1]))
+@given(
+    st.lists(
+        st.tuples(
+            *[st.floats(-50, 50, allow_nan=False)] * 2, *[st.floats(0.0, 40, allow_nan=False)] * 2
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(
+        st.tuples(
+            *[st.floats(-50, 50, allow_nan=False)] * 2, *[st.floats(0.0, 40, allow_nan=False)] * 2
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([0, 1]),
+)
 def test_iou_symmetric_and_bounded(la, lb, offset):
     def corner(rows):
         t = torch.tensor(rows, dtype=torch.float64)
@@ -150,9 +163,15 @@ def test_iou_onnx_export_matches_onnxruntime():
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (a, b), f, dynamo=False, input_names=["a", "b"],
-                          output_names=["iou"],
-                          dynamic_axes={"a": {0: "B", 1: "N"}, "b": {0: "B", 1: "M"}})
+        torch.onnx.export(
+            model,
+            (a, b),
+            f,
+            dynamo=False,
+            input_names=["a", "b"],
+            output_names=["iou"],
+            dynamic_axes={"a": {0: "B", 1: "N"}, "b": {0: "B", 1: "M"}},
+        )
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     a2 = random_boxes(gen, 3, 11, dtype=torch.float32)  # other sizes than traced
     b2 = random_boxes(gen, 3, 4, dtype=torch.float32)

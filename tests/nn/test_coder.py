@@ -28,10 +28,10 @@ f64 = torch.float64
 def test_box_encode_worked_example_round_trip():
     anchors = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]], dtype=f64)
     gt = torch.tensor([[[1.0, 2.0, 13.0, 12.0]]], dtype=f64)
-    t, m = NormalizedBoxCenterEncoder()(torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long),
-                                        anchors, gt)
-    torch.testing.assert_close(t, torch.tensor([[[2.0, 2.0, math.log(1.2) / 0.2, 0.0]]],
-                                               dtype=f64))
+    t, m = NormalizedBoxCenterEncoder()(
+        torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), anchors, gt
+    )
+    torch.testing.assert_close(t, torch.tensor([[[2.0, 2.0, math.log(1.2) / 0.2, 0.0]]], dtype=f64))
     assert round(t[0, 0, 2].item(), 4) == 0.9116 and m.tolist() == [[[1.0] * 4]]
     dec = NormalizedBoxCenterDecoder(convert_anchor=True)(t, anchors)
     torch.testing.assert_close(dec, gt, rtol=0, atol=1e-12)
@@ -46,7 +46,8 @@ def test_box_encode_mxnet_golden():
     samples = torch.tensor([[0.0, 1.0]])
     matches = torch.tensor([[0, 1]])
     y, mask = NormalizedBoxCenterEncoder((0.1, 0.1, 0.2, 0.2), (0, 0, 0, 0))(
-        samples, matches, anchors, refs)
+        samples, matches, anchors, refs
+    )
     np.testing.assert_allclose(y.numpy(), np.zeros((1, 2, 4)), atol=1e-5)
     np.testing.assert_allclose(mask.numpy(), [[[0, 0, 0, 0], [1, 1, 1, 1]]])
 
@@ -55,8 +56,12 @@ def test_box_decode_mxnet_golden():
     # apache/mxnet test_contrib_operator.py::test_box_decode_op (center-format anchors)
     data = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]).reshape(1, -1, 4)
     y = NormalizedBoxCenterDecoder((0.1, 0.1, 0.2, 0.2))(data, data.clone())
-    expected = [[[-0.0562755, -0.00865743, 0.26227552, 0.42465743],
-                 [0.13240421, 0.17859563, 0.93759584, 1.1174043]]]
+    expected = [
+        [
+            [-0.0562755, -0.00865743, 0.26227552, 0.42465743],
+            [0.13240421, 0.17859563, 0.93759584, 1.1174043],
+        ]
+    ]
     np.testing.assert_allclose(y.numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -92,7 +97,7 @@ def test_encoder_batched_matches_padding_and_broadcast_anchors():
     t, m = enc(samples, matches, anchors, refs)  # (N, 4) anchors broadcast over B
     assert t.shape == (3, 25, 4) and torch.isfinite(t).all()
     for b in range(3):
-        tb, mb = enc(samples[b:b + 1], matches[b:b + 1], anchors[None], refs[b:b + 1])
+        tb, mb = enc(samples[b : b + 1], matches[b : b + 1], anchors[None], refs[b : b + 1])
         torch.testing.assert_close(t[b], tb[0])
         torch.testing.assert_close(m[b], mb[0])
         for n in range(25):
@@ -105,15 +110,23 @@ def test_encoder_batched_matches_padding_and_broadcast_anchors():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.floats(-100, 100), st.floats(-100, 100), st.floats(0.5, 80),
-                          st.floats(0.5, 80)), min_size=2, max_size=2),
-       st.tuples(st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1)))
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(-100, 100), st.floats(-100, 100), st.floats(0.5, 80), st.floats(0.5, 80)
+        ),
+        min_size=2,
+        max_size=2,
+    ),
+    st.tuples(st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1), st.floats(0.05, 1)),
+)
 def test_encode_decode_round_trip(boxes, stds):
     t = torch.tensor(boxes, dtype=f64)
     corners = torch.cat((t[:, :2], t[:, :2] + t[:, 2:]), -1)
     anchor, gt = corners[0].reshape(1, 1, 4), corners[1].reshape(1, 1, 4)
-    code, _ = NormalizedBoxCenterEncoder(stds)(torch.ones(1, 1), torch.zeros(1, 1).long(),
-                                               anchor, gt)
+    code, _ = NormalizedBoxCenterEncoder(stds)(
+        torch.ones(1, 1), torch.zeros(1, 1).long(), anchor, gt
+    )
     back = NormalizedBoxCenterDecoder(stds, convert_anchor=True)(code, anchor)
     torch.testing.assert_close(back, gt, rtol=1e-9, atol=1e-9)
 
@@ -127,8 +140,14 @@ def test_decoder_onnx_export_matches_onnxruntime():
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x, anchors), f, dynamo=False, input_names=["x", "anchors"],
-                          dynamic_axes={"x": {0: "B", 1: "N"}, "anchors": {1: "N"}})
+        torch.onnx.export(
+            model,
+            (x, anchors),
+            f,
+            dynamo=False,
+            input_names=["x", "anchors"],
+            dynamic_axes={"x": {0: "B", 1: "N"}, "anchors": {1: "N"}},
+        )
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     anchors2 = BBoxCornerToCenter()(random_boxes(gen, 1, 20, dtype=torch.float32))
     x2 = torch.randn(3, 20, 4, generator=gen) * 3
@@ -139,8 +158,9 @@ def test_decoder_onnx_export_matches_onnxruntime():
 def test_landmark_coder_retinaface_formula_and_round_trip():
     gen = torch.Generator().manual_seed(3)
     priors_c = torch.tensor([[8.0, 8.0, 16.0, 16.0], [24.0, 8.0, 32.0, 32.0]], dtype=f64)
-    priors = torch.cat((priors_c[:, :2] - priors_c[:, 2:] / 2,
-                        priors_c[:, :2] + priors_c[:, 2:] / 2), -1)
+    priors = torch.cat(
+        (priors_c[:, :2] - priors_c[:, 2:] / 2, priors_c[:, :2] + priors_c[:, 2:] / 2), -1
+    )
     landms = torch.rand(1, 3, 10, generator=gen, dtype=f64) * 40  # 3 faces, 5 points
     landms[0, 2] = -1  # a face without landmarks
     matches = torch.tensor([[1, 2]])
@@ -168,8 +188,9 @@ def test_per_class_box_encoder():
     anchors = random_boxes(gen, 2, 10)
     refs = random_boxes(gen, 2, 3)
     labels = torch.tensor([[2, 0, 1], [1, 1, -1]])
-    matches = torch.tensor([[0, -1, 1, 2, -1, -1, 0, -1, -1, 1],
-                            [-1, -1, 1, -1, -1, -1, -1, -1, -1, -1]])
+    matches = torch.tensor(
+        [[0, -1, 1, 2, -1, -1, 0, -1, -1, 1], [-1, -1, 1, -1, -1, -1, -1, -1, -1, -1]]
+    )
     samples = torch.where(matches >= 0, 1.0, -1.0)
     enc = NormalizedPerClassBoxCenterEncoder(num_class=3, max_pos=4)
     t, m, idx = enc(samples, matches, anchors, labels, refs)
@@ -194,8 +215,9 @@ def test_class_encoders_and_decoders():
     assert MultiClassEncoder(ignore_label=-2)(samples, matches, refs)[0, 2].item() == -2
     target, mask = SigmoidClassEncoder()(samples)
     assert target.tolist() == [[1.0, 0.0, -1.0, 1.0]] and mask.tolist() == [[1, 1, 0, 1]]
-    x = torch.tensor([[[0.5, 0.1, 0.2, 0.1, 0.05, 0.05], [0.99, 0.002, 0.002, 0.002, 0.002,
-                                                          0.002]]])
+    x = torch.tensor(
+        [[[0.5, 0.1, 0.2, 0.1, 0.05, 0.05], [0.99, 0.002, 0.002, 0.002, 0.002, 0.002]]]
+    )
     cls_id, score = MultiClassDecoder()(x)
     assert cls_id.tolist() == [[1, -1]]
     torch.testing.assert_close(score, torch.tensor([[0.2, 0.0]]))
@@ -227,18 +249,31 @@ def test_all_decoders_onnx_export():
     gen = torch.Generator().manual_seed(5)
 
     def inputs(b, n):
-        return (torch.randn(b, n, 4, generator=gen), torch.randn(b, n, 10, generator=gen),
-                torch.randn(b, n, 4, generator=gen) * 2,
-                random_boxes(gen, n, dtype=torch.float32))
+        return (
+            torch.randn(b, n, 4, generator=gen),
+            torch.randn(b, n, 10, generator=gen),
+            torch.randn(b, n, 4, generator=gen) * 2,
+            random_boxes(gen, n, dtype=torch.float32),
+        )
 
     model = _AllDecoders().eval()
     names = ["loc", "landm", "conf", "anchors"]
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, inputs(1, 7), f, dynamo=False, input_names=names,
-                          dynamic_axes={"loc": {0: "B", 1: "N"}, "landm": {0: "B", 1: "N"},
-                                        "conf": {0: "B", 1: "N"}, "anchors": {0: "N"}})
+        torch.onnx.export(
+            model,
+            inputs(1, 7),
+            f,
+            dynamo=False,
+            input_names=names,
+            dynamic_axes={
+                "loc": {0: "B", 1: "N"},
+                "landm": {0: "B", 1: "N"},
+                "conf": {0: "B", 1: "N"},
+                "anchors": {0: "N"},
+            },
+        )
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     x = inputs(3, 50)
     got = sess.run(None, {k: v.numpy() for k, v in zip(names, x)})
@@ -257,8 +292,12 @@ def test_centernet_decoder_against_loop_oracle():
     classes, scores, boxes = CenterNetDecoder(topk=6, scale=4.0)(heat, wh, reg)
     assert classes.shape == (2, 6) and boxes.shape == (2, 6, 4)
     for i in range(b):
-        flat = [(heat[i, cc, y, x].item(), cc, y, x)
-                for cc in range(c) for y in range(h) for x in range(w)]
+        flat = [
+            (heat[i, cc, y, x].item(), cc, y, x)
+            for cc in range(c)
+            for y in range(h)
+            for x in range(w)
+        ]
         flat.sort(key=lambda t: -t[0])
         for k, (s, cc, y, x) in enumerate(flat[:6]):
             assert classes[i, k].item() == cc and scores[i, k].item() == s
@@ -274,14 +313,23 @@ def test_centernet_decoder_onnx_export():
     from src.nn import CenterNetDecoder
 
     gen = torch.Generator().manual_seed(7)
-    args = (torch.rand(2, 3, 8, 8, generator=gen), torch.rand(2, 2, 8, 8, generator=gen),
-            torch.rand(2, 2, 8, 8, generator=gen))
+    args = (
+        torch.rand(2, 3, 8, 8, generator=gen),
+        torch.rand(2, 2, 8, 8, generator=gen),
+        torch.rand(2, 2, 8, 8, generator=gen),
+    )
     model = CenterNetDecoder(topk=10).eval()
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, f, dynamo=False, input_names=["x", "wh", "reg"],
-                          dynamic_axes={"x": {0: "B"}, "wh": {0: "B"}, "reg": {0: "B"}})
+        torch.onnx.export(
+            model,
+            args,
+            f,
+            dynamo=False,
+            input_names=["x", "wh", "reg"],
+            dynamic_axes={"x": {0: "B"}, "wh": {0: "B"}, "reg": {0: "B"}},
+        )
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     args2 = tuple(torch.rand(4, *a.shape[1:], generator=gen) for a in args)
     got = sess.run(None, dict(zip(["x", "wh", "reg"], (a.numpy() for a in args2))))
@@ -297,8 +345,9 @@ def test_landmark_means_round_trip_and_formula():
     enc = NormalizedLandmarkCenterEncoder(stds, means)
     t, m = enc(torch.ones(1, 40), torch.arange(40)[None], anchors, pts)
     a = BBoxCornerToCenter()(anchors)[0]
-    ref = ((pts[0] - a[:, None, :2]) / a[:, None, 2:] - torch.tensor(means, dtype=f64)) \
-        / torch.tensor(stds, dtype=f64)
+    ref = (
+        (pts[0] - a[:, None, :2]) / a[:, None, 2:] - torch.tensor(means, dtype=f64)
+    ) / torch.tensor(stds, dtype=f64)
     torch.testing.assert_close(t[0], ref)
     assert m.all()
     back = NormalizedLandmarkCenterDecoder(stds, means, convert_anchor=True)(t, anchors)
@@ -306,6 +355,7 @@ def test_landmark_means_round_trip_and_formula():
 
 
 # ---- positive-only encoding (the CPU default) vs the dense path: bit-identical ----------------
+
 
 @pytest.fixture(params=[True, False], ids=["positive_only", "dense"])
 def coder_path(request, monkeypatch):
@@ -340,8 +390,11 @@ def _random_problem(gen, bsz, n, m, dtype, anchor_form, num_points=0):
         refs[pad] = -1
         pts[pad] = -1
         pts[torch.rand(bsz, m, generator=gen) < 0.2] = -1  # faces without landmarks
-    matches = torch.randint(-1, max(m, 1), (bsz, n), generator=gen) if m else \
-        torch.full((bsz, n), -1, dtype=torch.long)
+    matches = (
+        torch.randint(-1, max(m, 1), (bsz, n), generator=gen)
+        if m
+        else torch.full((bsz, n), -1, dtype=torch.long)
+    )
     samples = torch.randint(-1, 2, (bsz, n), generator=gen).to(dtype)
     labels = torch.randint(0, 5, (bsz, m), generator=gen)
     return samples, matches, anchors, refs, pts, labels
@@ -356,12 +409,14 @@ def test_positive_only_box_and_landmark_encoders_are_bit_identical(dtype, anchor
     gen = torch.Generator().manual_seed(11)
     stds, means = (0.1, 0.15, 0.2, 0.25), (0.01, -0.02, 0.03, 0.0)
     for bsz, n, m in _SHAPES:
-        samples, matches, anchors, refs, pts, _ = _random_problem(gen, bsz, n, m, dtype,
-                                                                  anchor_form, num_points=5)
+        samples, matches, anchors, refs, pts, _ = _random_problem(
+            gen, bsz, n, m, dtype, anchor_form, num_points=5
+        )
         for enc_cls, args, targets in (
-                (NormalizedBoxCenterEncoder, (stds, means), refs),
-                (NormalizedLandmarkCenterEncoder, ((0.1, 0.2), (0.05, -0.1)), pts),
-                (NormalizedLandmarkCenterEncoder, (), pts.flatten(2))):
+            (NormalizedBoxCenterEncoder, (stds, means), refs),
+            (NormalizedLandmarkCenterEncoder, ((0.1, 0.2), (0.05, -0.1)), pts),
+            (NormalizedLandmarkCenterEncoder, (), pts.flatten(2)),
+        ):
             sparse = enc_cls(*args, positive_only=True)(samples, matches, anchors, targets)
             dense = enc_cls(*args, positive_only=False)(samples, matches, anchors, targets)
             _assert_bit_equal(sparse, dense)
@@ -375,8 +430,10 @@ def test_positive_only_encoders_without_positives_and_default_dispatch():
     gen = torch.Generator().manual_seed(12)
     samples, matches, anchors, refs, pts, labels = _random_problem(gen, 2, 30, 4, f64, "N", 5)
     none = samples.clamp(max=0)  # negatives and ignores only
-    for enc, args in ((NormalizedBoxCenterEncoder(), (anchors, refs)),
-                      (NormalizedLandmarkCenterEncoder(), (anchors, pts))):
+    for enc, args in (
+        (NormalizedBoxCenterEncoder(), (anchors, refs)),
+        (NormalizedLandmarkCenterEncoder(), (anchors, pts)),
+    ):
         t, m = enc(none, matches, *args)
         assert not t.any() and not m.any() and not torch.signbit(t).any()
     cls_t = MultiClassEncoder()(none, matches, labels)
@@ -404,7 +461,8 @@ def test_positive_only_class_encoders_are_identical(label_dtype):
         for ignore in (-1, -2):
             _assert_bit_equal(
                 [MultiClassEncoder(ignore, positive_only=True)(samples, matches, labels)],
-                [MultiClassEncoder(ignore, positive_only=False)(samples, matches, labels)])
+                [MultiClassEncoder(ignore, positive_only=False)(samples, matches, labels)],
+            )
         if n:
             for max_pos in (1, 5, 200):
                 args = (samples, matches, anchors, labels, refs)
@@ -429,9 +487,15 @@ def test_positive_only_with_samples_broadcast_over_the_batch():
     gen = torch.Generator().manual_seed(14)
     samples, matches, anchors, refs, pts, labels = _random_problem(gen, 3, 50, 4, f64, "N", 5)
     shared = samples[:1]  # (1, N) samples for every image
-    for enc, args in ((NormalizedBoxCenterEncoder, (anchors, refs)),
-                      (NormalizedLandmarkCenterEncoder, (anchors, pts))):
-        _assert_bit_equal(enc(positive_only=True)(shared, matches, *args),
-                          enc(positive_only=False)(shared, matches, *args))
-    _assert_bit_equal([MultiClassEncoder(positive_only=True)(shared, matches, labels)],
-                      [MultiClassEncoder(positive_only=False)(shared, matches, labels)])
+    for enc, args in (
+        (NormalizedBoxCenterEncoder, (anchors, refs)),
+        (NormalizedLandmarkCenterEncoder, (anchors, pts)),
+    ):
+        _assert_bit_equal(
+            enc(positive_only=True)(shared, matches, *args),
+            enc(positive_only=False)(shared, matches, *args),
+        )
+    _assert_bit_equal(
+        [MultiClassEncoder(positive_only=True)(shared, matches, labels)],
+        [MultiClassEncoder(positive_only=False)(shared, matches, labels)],
+    )

@@ -32,9 +32,15 @@ def test_bipartite_threshold_is_strict_and_stops():
 
 
 @settings(max_examples=80, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 7), st.integers(1, 5)),
-              elements=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0])),
-       st.sampled_from([1e-12, 0.3]), st.booleans())
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 7), st.integers(1, 5)),
+        elements=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]),
+    ),
+    st.sampled_from([1e-12, 0.3]),
+    st.booleans(),
+)
 def test_bipartite_equals_mxnet_scan_with_ties(x, thr, asc):
     thr = 0.8 if asc else thr
     ref_row, ref_col = np_bipartite(x, thr, asc)
@@ -103,11 +109,16 @@ def _np_bipartite_matcher(x, thr, eps, share_max):
 
 @pytest.mark.parametrize("share_max", [True, False])
 def test_bipartite_matcher_share_max_against_oracle(share_max):
-    x = torch.tensor([[0.9, 0.1, 0.0],
-                      [0.9, 0.2, 0.0],   # ties gt0's best: shared
-                      [0.3, 0.4, 0.0],   # best for gt1 -> bipartite
-                      [0.1, 0.4, -1.0],  # ties gt1's best
-                      [0.05, 0.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],
+            [0.9, 0.2, 0.0],  # ties gt0's best: shared
+            [0.3, 0.4, 0.0],  # best for gt1 -> bipartite
+            [0.1, 0.4, -1.0],  # ties gt1's best
+            [0.05, 0.0, 0.0],
+        ],
+        dtype=torch.float64,
+    )
     x[:, 2] = -1  # padding gt: must not make every anchor "tie" its max of -1
     out = BipartiteMatcher(share_max=share_max)(x[None])[0]
     assert out.tolist() == _np_bipartite_matcher(x.numpy(), 1e-12, 1e-12, share_max).tolist()

@@ -1,4 +1,5 @@
 """Whole target assignment as RetinaFace will build it: batched == per image, CPU == CUDA."""
+
 import pytest
 import torch
 
@@ -23,7 +24,8 @@ def make(b=4, n=300, m=6, seed=0, dtype=torch.float64):
     anchors = random_boxes(gen, n, scale=64, dtype=dtype)
     boxes = random_boxes(gen, b, m, scale=64, dtype=dtype)
     lm = boxes[..., None, :2] + torch.rand(b, m, 5, 2, generator=gen, dtype=dtype) * (
-        boxes[..., None, 2:] - boxes[..., None, :2])
+        boxes[..., None, 2:] - boxes[..., None, :2]
+    )
     lm = lm.flatten(2)
     boxes[1, 3:] = -1
     lm[1, 3:] = -1
@@ -49,7 +51,9 @@ def test_assignment_batched_equals_per_image_and_decodes_back():
     anchors, boxes, lm, labels, losses = make()
     out = assign(anchors, boxes, lm, labels, losses)
     for i in range(boxes.shape[0]):
-        single = assign(anchors, boxes[i:i + 1], lm[i:i + 1], labels[i:i + 1], losses[i:i + 1])
+        single = assign(
+            anchors, boxes[i : i + 1], lm[i : i + 1], labels[i : i + 1], losses[i : i + 1]
+        )
         for a, s in zip(out, single):
             assert torch.equal(a[i], s[0])
     matches, samples, box_t, box_m, lm_t, lm_m, cls_t = out

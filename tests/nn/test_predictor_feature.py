@@ -19,8 +19,9 @@ def test_conv_predictor_shapes_init_and_lazy():
     assert w.abs().max() <= s and w.abs().max() > 0.9 * s
     assert w.std().item() == pytest.approx(s / math.sqrt(3), rel=0.05)
     assert (p.predictor.bias == 0).all()
-    lazy = ConvPredictor(8, kernel=(1, 1), pad=(0, 0), stride=(2, 2), activation="relu",
-                         use_bias=False)
+    lazy = ConvPredictor(
+        8, kernel=(1, 1), pad=(0, 0), stride=(2, 2), activation="relu", use_bias=False
+    )
     y = lazy(torch.randn(1, 16, 9, 9))
     assert y.shape == (1, 8, 5, 5) and (y >= 0).all() and lazy.predictor.bias is None
     s2 = math.sqrt(2.0 / ((16 + 8) / 2))
@@ -62,8 +63,12 @@ def test_feature_extractor_by_index_and_weights_file(tmp_path):
 
 def test_feature_extractor_by_name_on_module():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+    )
     fe = FeatureExtractor(net, ["1", "3"])
     x = torch.randn(2, 3, 32, 32)
     a, b = fe(x)
@@ -75,11 +80,17 @@ def test_feature_extractor_by_name_on_module():
 
 
 def test_feature_expander_ssd_layers():
-    fx = FeatureExpander("resnet18", [3, 4], num_filters=[256, 128], reduce_ratio=0.5,
-                         min_depth=64, global_pool=True).eval()
+    fx = FeatureExpander(
+        "resnet18", [3, 4], num_filters=[256, 128], reduce_ratio=0.5, min_depth=64, global_pool=True
+    ).eval()
     feats = fx(torch.randn(1, 3, 128, 128))
     assert [tuple(f.shape[1:]) for f in feats] == [
-        (256, 8, 8), (512, 4, 4), (256, 2, 2), (128, 1, 1), (128, 1, 1)]
+        (256, 8, 8),
+        (512, 4, 4),
+        (256, 2, 2),
+        (128, 1, 1),
+        (128, 1, 1),
+    ]
     stage0 = fx.extras[0]
     kinds = [type(m).__name__ for m in stage0]
     assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU"]

@@ -89,16 +89,31 @@ def test_hard_negative_sampler_retinaface_7_to_1():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 80), st.integers(1, 64),
-       st.floats(0.1, 0.9), st.sampled_from([None, 0.3]), st.booleans(), st.integers(0, 2**31))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 80),
+    st.integers(1, 64),
+    st.floats(0.1, 0.9),
+    st.sampled_from([None, 0.3]),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
 def test_quota_sampler_exact_quotas(b, n, num_sample, pos_ratio, neg_ratio, fill, seed):
     if neg_ratio is not None and neg_ratio + pos_ratio > 1:
         neg_ratio = 1 - pos_ratio
     gen = torch.Generator().manual_seed(seed)
     matches = torch.randint(-1, 3, (b, n), generator=gen)
     ious = torch.rand(b, n, 3, generator=gen)
-    sampler = QuotaSampler(num_sample, 0.7, 0.3, 0.05, pos_ratio, neg_ratio, fill,
-                           generator=torch.Generator().manual_seed(seed))
+    sampler = QuotaSampler(
+        num_sample,
+        0.7,
+        0.3,
+        0.05,
+        pos_ratio,
+        neg_ratio,
+        fill,
+        generator=torch.Generator().manual_seed(seed),
+    )
     out = sampler(matches, ious)
     imax = ious.max(-1).values
     cand_pos = (matches >= 0) | (imax >= 0.7)
@@ -137,16 +152,38 @@ def test_quota_sampler_is_per_image_and_reproducible():
 def test_quota_sampler_uniform_choice():
     # every positive candidate is equally likely to be kept
     matches = torch.zeros(400, 10, dtype=torch.long)
-    out = QuotaSampler(4, 0.5, 0.5, pos_ratio=0.5,
-                       generator=torch.Generator().manual_seed(1))(matches, torch.ones(400, 10, 1))
+    out = QuotaSampler(4, 0.5, 0.5, pos_ratio=0.5, generator=torch.Generator().manual_seed(1))(
+        matches, torch.ones(400, 10, 1)
+    )
     freq = (out > 0).double().mean(0)
     assert torch.allclose(freq, torch.full((10,), 0.2, dtype=torch.float64), atol=0.07)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from([0.0, -0.0, 1.5, -1.5, 2.0, -3.0, 1e-30, -1e-30, float("inf"),
-                                 float("-inf"), float("nan"), 7.0]), min_size=1, max_size=40),
-       st.integers(0, 45), st.integers(0, 2**31))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                0.0,
+                -0.0,
+                1.5,
+                -1.5,
+                2.0,
+                -3.0,
+                1e-30,
+                -1e-30,
+                float("inf"),
+                float("-inf"),
+                float("nan"),
+                7.0,
+            ]
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 45),
+    st.integers(0, 2**31),
+)
 def test_select_top_k_packed_path_equals_sort_path(values, k, seed):
     gen = torch.Generator().manual_seed(seed)
     s32 = torch.tensor([values, values[::-1]], dtype=torch.float32)
@@ -159,8 +196,14 @@ def test_select_top_k_packed_path_equals_sort_path(values, k, seed):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 60), st.floats(0.5, 8), st.integers(0, 5),
-       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**31))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 60),
+    st.floats(0.5, 8),
+    st.integers(0, 5),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**31),
+)
 def test_hard_negative_quotas_exact_and_hardest(b, n, ratio, min_samples, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     matches = torch.randint(-1, 2, (b, n), generator=gen) * (torch.rand(b, n, generator=gen) < 0.3)

@@ -4,6 +4,7 @@ Oracle: the same toolkit blocks on the dense ``BBoxBatchIOU`` matrix (whose own 
 with MXNet goldens, numpy scans and torchvision). Candidate sources: the minimal one (exactly
 the pairs with IoU >= floor, so every guarantee rests on the builder) and every pair.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,9 @@ from src.nn import (
 from src.nn.sparse import SparseIOU
 
 
-def grid_anchors(size=64, step=8, shapes=((8, 8), (16, 16), (24, 12), (12, 24)),
-                 dtype=torch.float64):
+def grid_anchors(
+    size=64, step=8, shapes=((8, 8), (16, 16), (24, 12), (12, 24)), dtype=torch.float64
+):
     out = []
     for i in range(size // step):
         for j in range(size // step):
@@ -83,14 +85,22 @@ def assert_same_assignment(anchors, boxes, floor, source):
     row_d, col_d = bipartite_matching(dense)
     assert torch.equal(row_s, row_d) and torch.equal(col_s, col_d)
     matches = matchers(floor)["ssd"]()(dense)
-    logits = torch.randn(*matches.shape, 3, generator=torch.Generator().manual_seed(1),
-                         dtype=dense.dtype)
+    logits = torch.randn(
+        *matches.shape, 3, generator=torch.Generator().manual_seed(1), dtype=dense.dtype
+    )
     ohem = OHEMSampler(3, thresh=hi)
     assert torch.equal(ohem(matches, logits, sparse), ohem(matches, logits, dense))
 
     def quota():
-        return QuotaSampler(32, hi, lo, neg_thresh_low=0.0, pos_ratio=0.25,
-                            generator=torch.Generator().manual_seed(5))
+        return QuotaSampler(
+            32,
+            hi,
+            lo,
+            neg_thresh_low=0.0,
+            pos_ratio=0.25,
+            generator=torch.Generator().manual_seed(5),
+        )
+
     assert torch.equal(quota()(matches, sparse), quota()(matches, dense))
     return dense, sparse
 
@@ -111,8 +121,10 @@ def test_tiny_boxes_keep_their_best_anchors():
     """Boxes far smaller than any anchor have no pair at the floor: their k best anchors come
     from the dense column, so bipartite matching still gives each its best anchor."""
     anchors = grid_anchors()
-    boxes = torch.tensor([[[3, 3, 4, 4], [30, 30, 31.5, 31], [10, 40, 12, 41], [-1] * 4],
-                          [[-1] * 4] * 4], dtype=torch.float64)
+    boxes = torch.tensor(
+        [[[3, 3, 4, 4], [30, 30, 31.5, 31], [10, 40, 12, 41], [-1] * 4], [[-1] * 4] * 4],
+        dtype=torch.float64,
+    )
     dense, sparse = assert_same_assignment(anchors, boxes, 0.4, "minimal")
     assert (BipartiteMatcher()(sparse)[0] >= 0).sum() == 3  # each tiny box got an anchor
     assert (dense.amax(1)[0, :3] < 0.4).all()  # none reaches the floor
@@ -122,8 +134,10 @@ def test_ties_at_the_kth_value_are_kept():
     """A box centred on a symmetric anchor grid ties many anchors at each IoU level; the
     k-best set must include every anchor tying the k-th value (greedy order depends on it)."""
     anchors = grid_anchors(shapes=((16, 16),))
-    boxes = torch.tensor([[[24, 24, 40, 40], [20, 20, 44, 44], [28, 28, 36, 36],
-                           [0, 0, 64, 64]]], dtype=torch.float64)
+    boxes = torch.tensor(
+        [[[24, 24, 40, 40], [20, 20, 44, 44], [28, 28, 36, 36], [0, 0, 64, 64]]],
+        dtype=torch.float64,
+    )
     for floor in (0.2, 0.5, 0.9):
         for source in ("minimal", "all"):
             assert_same_assignment(anchors, boxes, floor, source)
@@ -144,9 +158,11 @@ def test_max_reports_below_floor_for_absent_rows():
 
 def test_empty_cases():
     anchors = grid_anchors()
-    for boxes in (torch.zeros(2, 0, 4, dtype=torch.float64),
-                  torch.full((2, 3, 4), -1.0, dtype=torch.float64),
-                  torch.zeros(0, 3, 4, dtype=torch.float64)):
+    for boxes in (
+        torch.zeros(2, 0, 4, dtype=torch.float64),
+        torch.full((2, 3, 4), -1.0, dtype=torch.float64),
+        torch.zeros(0, 3, 4, dtype=torch.float64),
+    ):
         assert_same_assignment(anchors, boxes, 0.5, "all")
 
 
@@ -174,33 +190,40 @@ def test_unservable_thresholds_raise():
     with pytest.raises(ValueError, match="neg_thresh_high"):
         QuotaSampler(16, 0.5, 0.3)(torch.full((2, anchors.shape[0]), -1), sparse)
     with pytest.raises(ValueError, match="floor"):
-        SparseIOU.from_pairs(anchors, random_gts(gen, 2, 3), *SparseIOU.dense_pairs(
-            anchors.shape[0], random_gts(gen, 2, 3)), 0.0)
+        SparseIOU.from_pairs(
+            anchors,
+            random_gts(gen, 2, 3),
+            *SparseIOU.dense_pairs(anchors.shape[0], random_gts(gen, 2, 3)),
+            0.0,
+        )
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from([0.3, 0.5, 0.7]), st.integers(1, 9),
-       st.booleans())
+@given(
+    st.integers(0, 2**31 - 1), st.sampled_from([0.3, 0.5, 0.7]), st.integers(1, 9), st.booleans()
+)
 def test_property_equal_dense(seed, floor, m, integer):
     gen = torch.Generator().manual_seed(seed)
     anchors = grid_anchors(size=48, shapes=((8, 8), (16, 16), (24, 12)))
     boxes = random_gts(gen, 3, m, size=48, lo=1.0, hi=48.0, integer=integer)
     dense = BBoxBatchIOU()(anchors, boxes)
     sparse = build(anchors, boxes, floor, "minimal")
-    for make in (lambda: BipartiteMatcher(share_max=False),
-                 lambda: BipartiteMatcher(share_max=True),
-                 lambda: CompositeMatcher([BipartiteMatcher(), MaximumMatcher(floor)])):
+    for make in (
+        lambda: BipartiteMatcher(share_max=False),
+        lambda: BipartiteMatcher(share_max=True),
+        lambda: CompositeMatcher([BipartiteMatcher(), MaximumMatcher(floor)]),
+    ):
         assert torch.equal(make()(sparse), make()(dense))
-    assert np.array_equal(bipartite_matching(sparse)[1].numpy(),
-                          bipartite_matching(dense)[1].numpy())
+    assert np.array_equal(
+        bipartite_matching(sparse)[1].numpy(), bipartite_matching(dense)[1].numpy()
+    )
 
 
 def test_crowded_boxes_hand_out_lower_ranked_anchors():
     """Near-duplicate boxes compete for the same anchors: bipartite matching must give the
     later ones their 2nd, 3rd, ... best anchors, which lie below a high floor."""
     anchors = grid_anchors(shapes=((16, 16), (12, 20)))
-    base = torch.tensor([[18.0, 21.0, 35.0, 36.0], [40.0, 8.0, 52.0, 27.0]],
-                        dtype=torch.float64)
+    base = torch.tensor([[18.0, 21.0, 35.0, 36.0], [40.0, 8.0, 52.0, 27.0]], dtype=torch.float64)
     jitter = torch.arange(6, dtype=torch.float64)[:, None, None] * 0.25
     boxes = (base[None] + jitter).reshape(1, -1, 4)  # 12 boxes, two crowds of 6
     for floor in (0.6, 0.75):
@@ -256,9 +279,12 @@ def test_from_grid_equals_dense(normalized):
     several levels), small boxes refined at lower floors, the rest dense."""
     from src.nn import AnchorGrid
 
-    grid = AnchorGrid((96, 128), steps=(8, 16, 32),
-                      sizes=[[(12, 12), (16, 24)], [(32, 32), (48, 24)], [(64, 64), (96, 96)]],
-                      normalized=normalized)
+    grid = AnchorGrid(
+        (96, 128),
+        steps=(8, 16, 32),
+        sizes=[[(12, 12), (16, 24)], [(32, 32), (48, 24)], [(64, 64), (96, 96)]],
+        normalized=normalized,
+    )
     anchors = grid.anchors()
     gen = torch.Generator().manual_seed(2)
     boxes = random_gts(gen, 6, 9, size=96, lo=2.0, hi=80.0, dtype=torch.float32)
@@ -281,11 +307,13 @@ def test_crowd_of_tiny_boxes_through_refined_floors():
     bipartite matching hands the later boxes their k-th best anchors."""
     from src.nn import AnchorGrid
 
-    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
-                      normalized=False)
+    grid = AnchorGrid(
+        (64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]], normalized=False
+    )
     anchors = grid.anchors(dtype=torch.float64)
-    jitter = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0], [0, 2], [2, 2], [3, 1]],
-                          dtype=torch.float64)
+    jitter = torch.tensor(
+        [[0, 0], [1, 0], [0, 1], [1, 1], [2, 0], [0, 2], [2, 2], [3, 1]], dtype=torch.float64
+    )
     crowd = torch.cat((20 + jitter, 26 + jitter), -1)  # eight 6 x 6 boxes
     boxes = torch.stack((crowd, crowd + 17.5))
     dense = BBoxBatchIOU()(anchors, boxes)
@@ -320,8 +348,9 @@ def assert_guarantees(sparse, dense, floor):
 def test_builder_guarantees(seed):
     from src.nn import AnchorGrid
 
-    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
-                      normalized=False)
+    grid = AnchorGrid(
+        (64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]], normalized=False
+    )
     anchors = grid.anchors(dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     boxes = random_gts(gen, 4, 8, lo=1.0, hi=40.0)  # tiny to large: every stage is used
@@ -338,8 +367,9 @@ def test_k_floor_limits_the_guarantee(k):
     per-face best prior, bipartite matching with threshold >= k_floor)."""
     from src.nn import AnchorGrid
 
-    grid = AnchorGrid((64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]],
-                      normalized=False)
+    grid = AnchorGrid(
+        (64, 64), steps=(8, 16), sizes=[[(12, 12), (16, 8)], [(24, 24)]], normalized=False
+    )
     anchors = grid.anchors(dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
     boxes = random_gts(gen, 4, 8, lo=1.0, hi=40.0)

@@ -1,4 +1,5 @@
 """Backend switch, path selection, and the gradient checker catching a dishonest op."""
+
 import pytest
 import torch
 
@@ -9,9 +10,19 @@ from src.ops.check import numeric_vs_analytic, upstream_scaling_error
 
 
 def test_public_api_is_importable():
-    for name in ("sigmoid_focal_loss", "smooth_l1_loss", "wing_loss", "box_iou",
-                 "generalized_box_iou", "giou_loss", "nms", "batched_nms", "corner_pool",
-                 "box_area", "set_backend"):
+    for name in (
+        "sigmoid_focal_loss",
+        "smooth_l1_loss",
+        "wing_loss",
+        "box_iou",
+        "generalized_box_iou",
+        "giou_loss",
+        "nms",
+        "batched_nms",
+        "corner_pool",
+        "box_area",
+        "set_backend",
+    ):
         assert callable(getattr(ops, name))
     from src.ops.boxes import box_area  # noqa: F401  (used by src/nn)
 
@@ -31,12 +42,16 @@ def test_set_backend_and_path_selection():
         ops.set_backend("cuda")
 
 
-@pytest.mark.parametrize("env,want", [({"CV_OPS_FORCE_REFERENCE": "1"}, "reference"),
-                                      ({"CV_OPS_FORCE_REFERENCE": "1",
-                                        "CV_OPS_BACKEND": "emulate"}, "reference"),
-                                      ({"CV_OPS_BACKEND": "emulate"}, "emulate"),
-                                      ({"CV_OPS_FORCE_REFERENCE": "0"}, "auto"),
-                                      ({}, "auto")])
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({"CV_OPS_FORCE_REFERENCE": "1"}, "reference"),
+        ({"CV_OPS_FORCE_REFERENCE": "1", "CV_OPS_BACKEND": "emulate"}, "reference"),
+        ({"CV_OPS_BACKEND": "emulate"}, "emulate"),
+        ({"CV_OPS_FORCE_REFERENCE": "0"}, "auto"),
+        ({}, "auto"),
+    ],
+)
 def test_environment_selects_backend(monkeypatch, env, want):
     for var in ("CV_OPS_FORCE_REFERENCE", "CV_OPS_BACKEND"):
         monkeypatch.delenv(var, raising=False)

@@ -1,5 +1,6 @@
 """Box ops vs torchvision.ops, a plain Python formulation (offset 1) and worked examples, on the
 torch reference and on the g++-emulated kernels."""
+
 import pytest
 import torch
 import torchvision
@@ -25,6 +26,7 @@ def _boxes(n, gen, dtype=D, scale=20.0):
 
 def _plain_iou(a, b, offset, giou=False):
     """Scalar formula, one pair at a time."""
+
     def area(x1, y1, x2, y2):
         return max(x2 - x1 + offset, 0.0) * max(y2 - y1 + offset, 0.0)
 
@@ -56,8 +58,9 @@ def test_pairwise_match_torchvision(backend, dtype):
     a, b = _boxes(7, gen, dtype), _boxes(9, gen, dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == D else dict(rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(box_iou(a, b), torchvision.ops.box_iou(a, b), **tol)
-    torch.testing.assert_close(generalized_box_iou(a, b),
-                               torchvision.ops.generalized_box_iou(a, b), **tol)
+    torch.testing.assert_close(
+        generalized_box_iou(a, b), torchvision.ops.generalized_box_iou(a, b), **tol
+    )
 
 
 def test_offset_one_matches_plain_formula(backend):
@@ -65,8 +68,9 @@ def test_offset_one_matches_plain_formula(backend):
     a, b = _boxes(5, gen).round(), _boxes(6, gen).round()  # integer pixel boxes (VOC style)
     for giou, fn in ((False, box_iou), (True, generalized_box_iou)):
         got = fn(a, b, offset=1)
-        want = torch.tensor([[_plain_iou(p.tolist(), q.tolist(), 1, giou) for q in b] for p in a],
-                            dtype=D)
+        want = torch.tensor(
+            [[_plain_iou(p.tolist(), q.tolist(), 1, giou) for q in b] for p in a], dtype=D
+        )
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -109,8 +113,9 @@ def test_giou_loss_matches_torchvision_and_gradcheck(backend, offset):
         for x, y in zip(g1, g2):
             torch.testing.assert_close(x, y, rtol=0, atol=1e-7)
     else:
-        want = torch.tensor([1 - _plain_iou(p.tolist(), q.tolist(), 1, True)
-                             for p, q in zip(a, b)], dtype=D)
+        want = torch.tensor(
+            [1 - _plain_iou(p.tolist(), q.tolist(), 1, True) for p, q in zip(a, b)], dtype=D
+        )
         torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
     fn = lambda p, q: giou_loss(p, q, offset=offset)
     assert gradcheck(fn, (a, b))

@@ -1,6 +1,7 @@
 """CUDA kernels vs the torch reference on a real GPU (skipped without CUDA and CuPy): float32/
 float64 values and gradients, fp16/bf16, a second device, a non-default stream, and proof that
 the kernel path (not the reference) ran."""
+
 import functools
 
 import pytest
@@ -38,19 +39,37 @@ def _cases(gen):
     """(name, fn, float64 CPU inputs); every fn returns a tensor to compare."""
     targets = torch.randint(-1, 5, (300,), generator=gen)
     return [
-        ("focal", lambda x: sigmoid_focal_loss(x, targets.to(x.device)),
-         [torch.randn(300, 4, generator=gen, dtype=torch.float64) * 3]),
-        ("smooth_l1", lambda x, t, s: smooth_l1_loss(x, t, s),
-         [torch.randn(500, 4, generator=gen, dtype=torch.float64) * 2,
-          torch.randn(500, 4, generator=gen, dtype=torch.float64),
-          torch.rand(4, generator=gen, dtype=torch.float64) + 0.5]),
-        ("wing", lambda x, t: wing_loss(x, t),
-         [torch.randn(500, 10, generator=gen, dtype=torch.float64) * 15,
-          torch.randn(500, 10, generator=gen, dtype=torch.float64)]),
+        (
+            "focal",
+            lambda x: sigmoid_focal_loss(x, targets.to(x.device)),
+            [torch.randn(300, 4, generator=gen, dtype=torch.float64) * 3],
+        ),
+        (
+            "smooth_l1",
+            lambda x, t, s: smooth_l1_loss(x, t, s),
+            [
+                torch.randn(500, 4, generator=gen, dtype=torch.float64) * 2,
+                torch.randn(500, 4, generator=gen, dtype=torch.float64),
+                torch.rand(4, generator=gen, dtype=torch.float64) + 0.5,
+            ],
+        ),
+        (
+            "wing",
+            lambda x, t: wing_loss(x, t),
+            [
+                torch.randn(500, 10, generator=gen, dtype=torch.float64) * 15,
+                torch.randn(500, 10, generator=gen, dtype=torch.float64),
+            ],
+        ),
         ("giou_loss", lambda a, b: giou_loss(a, b, offset=1), [_boxes(400, gen), _boxes(400, gen)]),
-        *[(f"corner_{d}", functools.partial(corner_pool, direction=d),
-           [torch.randn(2, 3, 17, 33, generator=gen, dtype=torch.float64)])
-          for d in ("top", "bottom", "left", "right")],
+        *[
+            (
+                f"corner_{d}",
+                functools.partial(corner_pool, direction=d),
+                [torch.randn(2, 3, 17, 33, generator=gen, dtype=torch.float64)],
+            )
+            for d in ("top", "bottom", "left", "right")
+        ],
     ]
 
 
@@ -110,14 +129,15 @@ def test_pairwise_and_nms_match(count_launches):
     gen = torch.Generator().manual_seed(2)
     a, b = _boxes(300, gen).cuda().float(), _boxes(200, gen).cuda().float()
     torch.testing.assert_close(box_iou(a, b), torchvision.ops.box_iou(a, b))
-    torch.testing.assert_close(generalized_box_iou(a, b),
-                               torchvision.ops.generalized_box_iou(a, b))
+    torch.testing.assert_close(generalized_box_iou(a, b), torchvision.ops.generalized_box_iou(a, b))
     scores = torch.rand(300, generator=gen).cuda()
     idxs = torch.randint(0, 5, (300,), generator=gen).cuda()
     for thr in (0.3, 0.5, 0.7):
         assert nms(a, scores, thr).tolist() == torchvision.ops.nms(a, scores, thr).tolist()
-        assert (batched_nms(a, scores, idxs, thr).tolist()
-                == torchvision.ops.batched_nms(a, scores, idxs, thr).tolist())
+        assert (
+            batched_nms(a, scores, idxs, thr).tolist()
+            == torchvision.ops.batched_nms(a, scores, idxs, thr).tolist()
+        )
         with use_backend("reference"):
             ref1 = nms(a, scores, thr, offset=1).tolist()
         assert nms(a, scores, thr, offset=1).tolist() == ref1

@@ -1,5 +1,6 @@
 """The kernels themselves, without a GPU: every .cu compiles with NVRTC for sm_75/80/90 and every
 dtype instantiation; the g++ emulation harness builds, strides and refuses barriers."""
+
 import re
 import sys
 import types
@@ -41,7 +42,7 @@ def test_nvrtc_compiles(source, arch):
 @pytest.mark.skipif(_NVRTC_MISSING is not None, reason=str(_NVRTC_MISSING))
 def test_nvrtc_error_carries_the_log():
     code = '#include "common.cuh"\ntemplate <typename T> __global__ void k(T* x) { x[0] = y; }\n'
-    with pytest.raises(toolkit.NvrtcError, match="identifier \"y\" is undefined"):
+    with pytest.raises(toolkit.NvrtcError, match='identifier "y" is undefined'):
         toolkit.nvrtc_compile_code(code, "bad.cu", ["k<float>"], "sm_80")
 
 
@@ -55,8 +56,10 @@ def test_cuda_headers_come_from_the_wheels_when_present():
 
 @pytest.mark.skipif(emulate.compiler() is None, reason="no g++ for the kernel emulation")
 def test_emulation_rejects_barriers():
-    code = ('#define CV_OPS_EMULATION 1\n#include "emu_shim.h"\n#include "common.cuh"\n'
-            "__global__ void k(float* x) { x[threadIdx.x] = 1; __syncthreads(); }\n")
+    code = (
+        '#define CV_OPS_EMULATION 1\n#include "emu_shim.h"\n#include "common.cuh"\n'
+        "__global__ void k(float* x) { x[threadIdx.x] = 1; __syncthreads(); }\n"
+    )
     with pytest.raises(RuntimeError, match="no barriers"):
         emulate.build_code(code, "barrier_test")
 

@@ -1,5 +1,6 @@
 """Loss ops vs independent oracles (torchvision focal loss, F.smooth_l1_loss, numpy formulas),
 on the torch reference and on the g++-emulated CUDA kernels, in float64."""
+
 import math
 
 import numpy as np
@@ -28,8 +29,9 @@ def _focal_oracle(x, targets, alpha, gamma, normalization):
     onehot = torch.zeros_like(x)
     pos_rows = valid & (targets > 0)
     onehot[pos_rows, targets[pos_rows] - 1] = 1.0
-    total = torchvision.ops.sigmoid_focal_loss(x[valid], onehot[valid], alpha=alpha,
-                                               gamma=gamma, reduction="sum")
+    total = torchvision.ops.sigmoid_focal_loss(
+        x[valid], onehot[valid], alpha=alpha, gamma=gamma, reduction="sum"
+    )
     norm = pos_rows.sum() if normalization == "positive" else valid.sum()
     assert c > 0
     return total / max(int(norm), 1)
@@ -61,7 +63,8 @@ def test_focal_hand_example(backend):
     expected = per_pos + 3 * per_neg  # one positive, three negative entries; 1 positive row
     assert sigmoid_focal_loss(x, targets).item() == pytest.approx(expected, rel=1e-13)
     assert sigmoid_focal_loss(x, targets, normalization="valid").item() == pytest.approx(
-        expected / 2, rel=1e-13)
+        expected / 2, rel=1e-13
+    )
 
 
 def test_focal_no_positive_and_all_ignored(backend):
@@ -116,8 +119,9 @@ def test_focal_rejects_bad_inputs():
     with pytest.raises(TypeError, match="integer"):
         sigmoid_focal_loss(torch.zeros(3, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="normalization"):
-        sigmoid_focal_loss(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long),
-                           normalization="mean")
+        sigmoid_focal_loss(
+            torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), normalization="mean"
+        )
 
 
 # ------------------------------------------------------------------------------ smooth L1
@@ -136,8 +140,10 @@ def test_smooth_l1_matches_torch_with_beta(backend, sigma):
     g2 = torch.autograd.grad(oracle.sum(), x)[0]
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
     for red in ("sum", "mean"):
-        torch.testing.assert_close(smooth_l1_loss(x, t, sigma, reduction=red),
-                                   F.smooth_l1_loss(x, t, reduction=red, beta=1 / sigma**2))
+        torch.testing.assert_close(
+            smooth_l1_loss(x, t, sigma, reduction=red),
+            F.smooth_l1_loss(x, t, reduction=red, beta=1 / sigma**2),
+        )
 
 
 def test_smooth_l1_tensor_sigma_grads(backend):
@@ -220,8 +226,9 @@ def test_elementwise_losses_float32(backend):
     x = torch.randn(100, generator=gen) * 5
     t = torch.randn(100, generator=gen)
     for fn in (lambda a, b: smooth_l1_loss(a, b, 1.5), lambda a, b: wing_loss(a, b)):
-        torch.testing.assert_close(fn(x, t).double(), fn(x.double(), t.double()),
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            fn(x, t).double(), fn(x.double(), t.double()), rtol=1e-6, atol=1e-6
+        )
 
 
 def test_mixed_dtypes_promote(backend):

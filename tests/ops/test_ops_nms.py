@@ -1,5 +1,6 @@
 """NMS vs torchvision.ops.nms / batched_nms (offset 0) and a plain greedy Python loop (any
 offset), on the vectorised torch reference and on the g++-emulated kernels."""
+
 import pytest
 import torch
 import torchvision
@@ -33,8 +34,10 @@ def _greedy_loop(boxes, scores, thr, offset=0, idxs=None):
 
     keep = []
     for i in order:
-        if all(iou(b[k], b[i]) <= thr or (idxs is not None and int(idxs[k]) != int(idxs[i]))
-               for k in keep):
+        if all(
+            iou(b[k], b[i]) <= thr or (idxs is not None and int(idxs[k]) != int(idxs[i]))
+            for k in keep
+        ):
             keep.append(i)
     return keep
 
@@ -46,8 +49,9 @@ def _random(n, gen, dtype=D, spread=60.0):
 
 
 def test_hand_example(backend):
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9.0]],
-                         dtype=D)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9.0]], dtype=D
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.95], dtype=D)
     # box 3 (best) suppresses 0 (IoU 0.9) and 1 (IoU 81/119 = 0.68); box 2 is far away
     assert nms(boxes, scores, 0.5).tolist() == [3, 2]
@@ -64,8 +68,10 @@ def test_matches_torchvision(backend, thr, dtype):
     assert got.dtype == torch.int64
     assert got.tolist() == torchvision.ops.nms(boxes, scores, thr).tolist()
     idxs = torch.randint(0, 4, (150,), generator=gen)
-    assert (batched_nms(boxes, scores, idxs, thr).tolist()
-            == torchvision.ops.batched_nms(boxes, scores, idxs, thr).tolist())
+    assert (
+        batched_nms(boxes, scores, idxs, thr).tolist()
+        == torchvision.ops.batched_nms(boxes, scores, idxs, thr).tolist()
+    )
 
 
 @pytest.mark.parametrize("offset", [0, 1])
@@ -76,13 +82,16 @@ def test_matches_greedy_loop(backend, offset):
     scores[5] = scores[6]  # a score tie: the lower index ranks first
     for thr in (0.4, 0.6):
         assert nms(boxes, scores, thr, offset=offset).tolist() == _greedy_loop(
-            boxes, scores, thr, offset)
+            boxes, scores, thr, offset
+        )
         idxs = torch.randint(0, 3, (90,), generator=gen)
         assert batched_nms(boxes, scores, idxs, thr, offset=offset).tolist() == _greedy_loop(
-            boxes, scores, thr, offset, idxs)
+            boxes, scores, thr, offset, idxs
+        )
         for block in (1, 7, 64):  # the reference's block-wise solve at several block sizes
             assert nms_reference(boxes, scores, thr, offset, idxs, block=block).tolist() == (
-                _greedy_loop(boxes, scores, thr, offset, idxs))
+                _greedy_loop(boxes, scores, thr, offset, idxs)
+            )
 
 
 def test_offset_changes_the_result(backend):
@@ -104,8 +113,9 @@ def test_long_suppression_chain(backend):
 
 
 def test_batched_never_crosses_classes_even_with_negative_coords(backend):
-    boxes = torch.tensor([[-50, -50, -40, -40], [-50, -50, -40, -40], [-49, -50, -40, -40.0]],
-                         dtype=D)
+    boxes = torch.tensor(
+        [[-50, -50, -40, -40], [-50, -50, -40, -40], [-49, -50, -40, -40.0]], dtype=D
+    )
     scores = torch.tensor([0.5, 0.9, 0.7], dtype=D)
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [1, 2]
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 2]), 0.5).tolist() == [1, 2, 0]
@@ -114,8 +124,10 @@ def test_batched_never_crosses_classes_even_with_negative_coords(backend):
 def test_empty_and_errors(backend):
     empty = torch.zeros(0, 4, dtype=D)
     assert nms(empty, torch.zeros(0, dtype=D), 0.5).tolist() == []
-    assert batched_nms(empty, torch.zeros(0, dtype=D), torch.zeros(0, dtype=torch.long),
-                       0.5).tolist() == []
+    assert (
+        batched_nms(empty, torch.zeros(0, dtype=D), torch.zeros(0, dtype=torch.long), 0.5).tolist()
+        == []
+    )
     with pytest.raises(ValueError, match="scores must be"):
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match="boxes must be"):
@@ -123,10 +135,22 @@ def test_empty_and_errors(backend):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(1, 8),
-                          st.integers(1, 8), st.integers(0, 4), st.integers(0, 2)),
-                min_size=1, max_size=30),
-       st.sampled_from([0.0, 0.3, 0.5]), st.sampled_from([0, 1]))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 12),
+            st.integers(0, 12),
+            st.integers(1, 8),
+            st.integers(1, 8),
+            st.integers(0, 4),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from([0.0, 0.3, 0.5]),
+    st.sampled_from([0, 1]),
+)
 def test_property_reference_kernel_and_loop_agree(rows, thr, offset):
     """Small integer boxes with many exact duplicates, score ties and IoU ties."""
     t = torch.tensor(rows, dtype=D)

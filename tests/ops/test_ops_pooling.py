@@ -1,5 +1,6 @@
 """Corner pooling vs cummax formulations, torch.cummax's autograd (tie "nearest"), a plain Python
 scan (both tie rules) and a hand-worked tie example, on the reference and emulated kernels."""
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck

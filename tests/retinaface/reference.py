@@ -12,6 +12,7 @@ Differences from the reference, none of which changes a value it can compute:
 * ``faces_without_landmarks`` (label -1) keep whatever landmark values they carry; they are
   excluded from the landmark loss by their label, as in the reference.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,7 @@ def encode_landm(matched, priors, variances):
     return g.reshape(-1, 10)
 
 
-def match_one(threshold, truths, priors, variances, labels, landms, fixed=False,
-              ignore_thresh=0.2):
+def match_one(threshold, truths, priors, variances, labels, landms, fixed=False, ignore_thresh=0.2):
     """One image: returns (loc_t (P, 4), conf_t (P,) with labels 1/-1 or 0, landm_t (P, 10))."""
     p = priors.shape[0]
     loc_t = torch.zeros(p, 4, dtype=priors.dtype)
@@ -81,8 +81,9 @@ def reference_targets(priors, targets, threshold=0.35, variances=(0.1, 0.2), fix
     """``targets``: list of per-image (n_i, 15) tensors ``x1 y1 x2 y2, 10 landmarks, label``."""
     locs, confs, landms = [], [], []
     for t in targets:
-        loc, conf, landm = match_one(threshold, t[:, :4], priors, variances, t[:, -1],
-                                     t[:, 4:14], fixed=fixed)
+        loc, conf, landm = match_one(
+            threshold, t[:, :4], priors, variances, t[:, -1], t[:, 4:14], fixed=fixed
+        )
         locs.append(loc)
         confs.append(conf)
         landms.append(landm)
@@ -94,8 +95,16 @@ def log_sum_exp(x):
     return torch.log(torch.sum(torch.exp(x - x_max), 1, keepdim=True)) + x_max
 
 
-def reference_loss(predictions, priors, targets, threshold=0.35, negpos_ratio=7,
-                   variances=(0.1, 0.2), fixed=False, loc_weight=2.0):
+def reference_loss(
+    predictions,
+    priors,
+    targets,
+    threshold=0.35,
+    negpos_ratio=7,
+    variances=(0.1, 0.2),
+    fixed=False,
+    loc_weight=2.0,
+):
     """The reference ``MultiBoxLoss.forward`` (per-image matching loop) plus
     ``loss = loc_weight * loss_l + loss_c + loss_landm`` as its train.py forms it."""
     loc_data, conf_data, landm_data = predictions
@@ -125,15 +134,22 @@ def reference_loss(predictions, priors, targets, threshold=0.35, negpos_ratio=7,
     num_pos = pos.long().sum(1, keepdim=True)
     num_neg = torch.clamp(negpos_ratio * num_pos, max=pos.shape[1] - 1)
     neg = idx_rank < num_neg.expand_as(idx_rank)
-    sel = (pos | neg)
+    sel = pos | neg
     conf_p = conf_data[sel.unsqueeze(2).expand_as(conf_data)].view(-1, 2)
     loss_c = F.cross_entropy(conf_p, conf_t[sel], reduction="sum")
     n = max(float(num_pos.sum()), 1.0)
     loss_l = loss_l / n
     loss_c = loss_c / n
     loss_landm = loss_landm / n1
-    return {"loss": loc_weight * loss_l + loss_c + loss_landm, "loc": loss_l, "cls": loss_c,
-            "landm": loss_landm, "num_pos": float(pos.sum()), "conf_t": conf_t, "pos": pos}
+    return {
+        "loss": loc_weight * loss_l + loss_c + loss_landm,
+        "loc": loss_l,
+        "cls": loss_c,
+        "landm": loss_landm,
+        "num_pos": float(pos.sum()),
+        "conf_t": conf_t,
+        "pos": pos,
+    }
 
 
 def pad_targets(targets, dtype=torch.float64):
@@ -174,8 +190,19 @@ def py_cpu_nms(dets: np.ndarray, thresh: float) -> list[int]:
     return keep
 
 
-def reference_detect(loc, conf, landm, priors, h, w, resize=1.0, conf_thresh=0.02,
-                     top_k=5000, nms_thresh=0.4, keep_top_k=750):
+def reference_detect(
+    loc,
+    conf,
+    landm,
+    priors,
+    h,
+    w,
+    resize=1.0,
+    conf_thresh=0.02,
+    top_k=5000,
+    nms_thresh=0.4,
+    keep_top_k=750,
+):
     """One image, the reference's detect.py steps in numpy (float64 decoding)."""
     v = (0.1, 0.2)
     p = priors.astype(np.float64)

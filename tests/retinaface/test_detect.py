@@ -1,5 +1,6 @@
 """Post-processing vs a numpy port of the reference detect.py pipeline (decode, threshold,
 argsort, py_cpu_nms with +1 areas, keep-top-k), batched over images of one input size."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,16 @@ def test_detect_matches_reference_pipeline(size, batch):
     ours = detect(loc, conf, landm, priors, size, cfg=cfg)
     assert len(ours) == batch
     for i in range(batch):
-        dets, lm = reference_detect(loc[i].numpy(), conf[i].numpy(), landm[i].numpy(),
-                                    priors.numpy(), h, w, top_k=300, keep_top_k=40)
+        dets, lm = reference_detect(
+            loc[i].numpy(),
+            conf[i].numpy(),
+            landm[i].numpy(),
+            priors.numpy(),
+            h,
+            w,
+            top_k=300,
+            keep_top_k=40,
+        )
         assert len(dets) == len(ours[i]["boxes"]) > 5
         np.testing.assert_allclose(ours[i]["boxes"].numpy(), dets[:, :4], rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(ours[i]["scores"].numpy(), dets[:, 4], rtol=1e-9)
@@ -46,15 +55,19 @@ def test_defaults_scale_groups_and_float32():
     scale = torch.tensor([1.0, 0.5, 2.0, 1.0])
     # a tiny group limit forces one NMS call per image: same result as one call
     one = detect(loc, conf, landm, priors, size, scale=scale)
-    many = detect(loc, conf, landm, priors, size, scale=scale,
-                  cfg=DetectConfig(max_nms_boxes=1))
+    many = detect(loc, conf, landm, priors, size, scale=scale, cfg=DetectConfig(max_nms_boxes=1))
     for a, b in zip(one, many):
         for k in a:
             torch.testing.assert_close(a[k], b[k])
     for i in range(4):
-        dets, lm = reference_detect(loc[i].double().numpy(), conf[i].double().numpy(),
-                                    landm[i].double().numpy(), priors.numpy(), *size,
-                                    resize=float(scale[i]))
+        dets, lm = reference_detect(
+            loc[i].double().numpy(),
+            conf[i].double().numpy(),
+            landm[i].double().numpy(),
+            priors.numpy(),
+            *size,
+            resize=float(scale[i]),
+        )
         assert len(dets) == len(one[i]["boxes"])
         np.testing.assert_allclose(one[i]["boxes"].numpy(), dets[:, :4], rtol=1e-4, atol=1e-3)
         assert torch.all(one[i]["scores"][:-1] >= one[i]["scores"][1:])
@@ -64,17 +77,21 @@ def test_offset_one_is_what_matches_the_reference():
     # two 10 px boxes overlapping 5.5 px: IoU 55/145 = 0.379 with plain areas (kept at 0.4),
     # 71.5/170.5 = 0.419 with +1 areas (suppressed, as py_cpu_nms does)
     size = (64, 64)
-    priors = torch.tensor([[0.25, 0.25, 10 / 64, 10 / 64], [0.25 + 4.5 / 64, 0.25, 10 / 64,
-                                                            10 / 64]], dtype=torch.float64)
+    priors = torch.tensor(
+        [[0.25, 0.25, 10 / 64, 10 / 64], [0.25 + 4.5 / 64, 0.25, 10 / 64, 10 / 64]],
+        dtype=torch.float64,
+    )
     loc = torch.zeros(1, 2, 4, dtype=torch.float64)
     conf = torch.tensor([[[0.0, 3.0], [0.0, 2.0]]], dtype=torch.float64)
     landm = torch.zeros(1, 2, 10, dtype=torch.float64)
-    ref = reference_detect(loc[0].numpy(), conf[0].numpy(), landm[0].numpy(), priors.numpy(),
-                           *size)[0]
+    ref = reference_detect(
+        loc[0].numpy(), conf[0].numpy(), landm[0].numpy(), priors.numpy(), *size
+    )[0]
     assert len(ref) == 1
     assert len(detect(loc, conf, landm, priors, size)[0]["boxes"]) == 1
-    assert len(detect(loc, conf, landm, priors, size,
-                      cfg=DetectConfig(nms_offset=0))[0]["boxes"]) == 2
+    assert (
+        len(detect(loc, conf, landm, priors, size, cfg=DetectConfig(nms_offset=0))[0]["boxes"]) == 2
+    )
 
 
 def test_no_detection_and_decode_roundtrip():

@@ -1,5 +1,6 @@
 """MultiBoxLoss: batched target assignment and loss vs the per-image loop port of the reference
 (tests/retinaface/reference.py), hand-worked matching cases, the reference bug and its fix."""
+
 from __future__ import annotations
 
 import math
@@ -39,9 +40,11 @@ def random_targets(batch: int, size: int, seed: int, max_faces: int = 12, tiny: 
 
 def predictions(batch: int, num_priors: int, seed: int, dtype=F64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, num_priors, 4, generator=g, dtype=dtype),
-            torch.randn(batch, num_priors, 2, generator=g, dtype=dtype) * 2,
-            torch.randn(batch, num_priors, 10, generator=g, dtype=dtype))
+    return (
+        torch.randn(batch, num_priors, 4, generator=g, dtype=dtype),
+        torch.randn(batch, num_priors, 2, generator=g, dtype=dtype) * 2,
+        torch.randn(batch, num_priors, 10, generator=g, dtype=dtype),
+    )
 
 
 def _ours_targets(crit, priors, targets):
@@ -90,8 +93,9 @@ def test_float32_loss_close_to_float64_reference():
     preds = predictions(4, priors64.shape[0], seed=5)
     ref = R.reference_loss(preds, priors64, targets, fixed=True)
     boxes, labels, landms = R.pad_targets(targets, torch.float32)
-    ours = MultiBoxLoss()([p.float() for p in preds], prior_boxes((128, 128)), boxes, labels,
-                          landms)
+    ours = MultiBoxLoss()(
+        [p.float() for p in preds], prior_boxes((128, 128)), boxes, labels, landms
+    )
     for k in ("loss", "loc", "cls", "landm"):
         assert float(ours[k]) == pytest.approx(float(ref[k]), rel=1e-4)
 
@@ -110,7 +114,8 @@ def _prior_index(level: int, row: int, col: int, anchor: int) -> int:
 def _face(x1, y1, x2, y2, label=1.0):
     pts = [(x1 + x2) / 2, (y1 + y2) / 2] * 5
     return torch.tensor([[x1, y1, x2, y2, *pts, label]], dtype=F64) / torch.tensor(
-        [SIZE] * 14 + [1.0], dtype=F64)
+        [SIZE] * 14 + [1.0], dtype=F64
+    )
 
 
 def test_prior_index_layout_is_level_row_col_size():
@@ -151,8 +156,9 @@ def test_tiny_face_is_ignored_and_no_face_image_is_all_background():
 def test_batch_without_any_face():
     preds = [p.requires_grad_() for p in predictions(2, P640.shape[0], seed=0)]
     boxes = torch.zeros(2, 0, 4, dtype=F64)
-    out = MultiBoxLoss()(preds, P640, boxes, torch.zeros(2, 0, dtype=torch.long),
-                         torch.zeros(2, 0, 10, dtype=F64))
+    out = MultiBoxLoss()(
+        preds, P640, boxes, torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, 10, dtype=F64)
+    )
     assert float(out["loss"].detach()) == 0.0
     out["loss"].backward()  # a graph exists even without faces
     assert all(p.grad is not None and not p.grad.any() for p in preds)
@@ -228,8 +234,11 @@ def test_landmark_loss_normalised_by_landmark_positives_only():
     # two exact 16 px faces, one without landmarks: 2 positives, 1 landmark positive
     t = [torch.cat([_face(100, 100, 116, 116), _face(300, 300, 316, 316, -1.0)])]
     n = P640.shape[0]
-    loc, conf, landm = (torch.zeros(1, n, 4, dtype=F64), torch.zeros(1, n, 2, dtype=F64),
-                        torch.full((1, n, 10), 0.5, dtype=F64))
+    loc, conf, landm = (
+        torch.zeros(1, n, 4, dtype=F64),
+        torch.zeros(1, n, 2, dtype=F64),
+        torch.full((1, n, 10), 0.5, dtype=F64),
+    )
     out = MultiBoxLoss()((loc, conf, landm), P640, *R.pad_targets(t))
     assert float(out["num_pos"]) == 2
     assert float(out["landm"]) == pytest.approx(10 * 0.5 * 0.25, abs=1e-12)  # / 1, not / 2
@@ -249,7 +258,7 @@ def test_wing_and_focal_options():
     x = preds[1][..., 1] - preds[1][..., 0]
     y = t.positive.to(F64)
     p = torch.sigmoid(x)
-    fl = -(0.25 * y * (1 - p) ** 2 * torch.log(p) + 0.75 * (1 - y) * p ** 2 * torch.log(1 - p))
+    fl = -(0.25 * y * (1 - p) ** 2 * torch.log(p) + 0.75 * (1 - y) * p**2 * torch.log(1 - p))
     expect = fl.sum() / y.sum()
     assert float(focal["cls"]) == pytest.approx(float(expect), rel=1e-9)
     with pytest.raises(ValueError, match="landmark_loss"):
@@ -287,16 +296,21 @@ def test_grid_candidates_hand_worked():
     # 64 px priors: 0.2 * 4352 / 1.2 / 16 = 45.3 px > 16 px of face: impossible (and larger).
     # Each row's run goes from its first feasible (cell, size) to its last one, so rows 12
     # and 14 also hold the 16 px prior at column 14 (IoU 0.14; extra pairs are allowed).
-    boxes = (torch.tensor([[[100.0, 100, 116, 116]]], dtype=F64) / SIZE)
+    boxes = torch.tensor([[[100.0, 100, 116, 116]]], dtype=F64) / SIZE
     face, prior = anchor_grid((SIZE, SIZE)).candidates(boxes, 0.2)
     edge = [(12, 1), (13, 0), (13, 1), (14, 0), (14, 1)]
     middle = [(c, a) for c in (12, 13, 14) for a in (0, 1)]
-    expect = [_prior_index(0, r, c, a) for r, cells in ((12, edge), (13, middle), (14, edge))
-              for c, a in cells]
+    expect = [
+        _prior_index(0, r, c, a)
+        for r, cells in ((12, edge), (13, middle), (14, edge))
+        for c, a in cells
+    ]
     assert prior.tolist() == expect and face.tolist() == [0] * 16
     iou = R.jaccard(boxes[0], R.point_form(P640))[0]
     assert set((iou >= 0.2).nonzero()[:, 0].tolist()) == set(expect) - {
-        _prior_index(0, 12, 14, 0), _prior_index(0, 14, 14, 0)}
+        _prior_index(0, 12, 14, 0),
+        _prior_index(0, 14, 14, 0),
+    }
 
 
 @pytest.mark.parametrize("size", [(160, 160), (128, 96)])
@@ -309,8 +323,9 @@ def test_windowed_assignment_equals_dense(size):
     windowed = MultiBoxLoss(assignment="windowed")(preds, *args, image_size=size)
     for k in dense:
         torch.testing.assert_close(windowed[k], dense[k], rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(dense["loss"], preds),
-                    torch.autograd.grad(windowed["loss"], preds)):
+    for a, b in zip(
+        torch.autograd.grad(dense["loss"], preds), torch.autograd.grad(windowed["loss"], preds)
+    ):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     boxes = R.pad_targets(targets)[0]
     crit = MultiBoxLoss()
@@ -326,15 +341,15 @@ def test_auto_assignment_choice_and_windowed_edge_cases():
     assert crit._windowed(pri, (64, 64), torch.device("cpu"))
     assert not crit._windowed(pri, None, torch.device("cpu"))
     assert not crit._windowed(pri, (64, 96), torch.device("cpu"))  # other grid: dense
-    assert not MultiBoxLoss(reference_matching=True)._windowed(pri, (64, 64),
-                                                                torch.device("cpu"))
+    assert not MultiBoxLoss(reference_matching=True)._windowed(pri, (64, 64), torch.device("cpu"))
     with pytest.raises(ValueError, match="windowed"):
         MultiBoxLoss(assignment="windowed")._windowed(pri, (64, 96), torch.device("cpu"))
     # no face / only an ignored tiny face: zero loss, like the dense path
     preds = predictions(2, P640.shape[0], seed=0)
     t = [_face(106.5, 106.5, 109.5, 109.5), torch.zeros(0, 15, dtype=F64)]
-    out = MultiBoxLoss(assignment="windowed")(preds, P640, *R.pad_targets(t),
-                                               image_size=(SIZE, SIZE))
+    out = MultiBoxLoss(assignment="windowed")(
+        preds, P640, *R.pad_targets(t), image_size=(SIZE, SIZE)
+    )
     assert float(out["loss"]) == 0.0
 
 
@@ -347,7 +362,8 @@ P256 = prior_boxes((S256, S256), dtype=F64)
 def _face256(x1, y1, x2, y2, label=1.0):
     pts = [(x1 + x2) / 2, (y1 + y2) / 2] * 5
     return torch.tensor([[x1, y1, x2, y2, *pts, label]], dtype=F64) / torch.tensor(
-        [S256] * 14 + [1.0], dtype=F64)
+        [S256] * 14 + [1.0], dtype=F64
+    )
 
 
 def _p256(row: int, col: int, anchor: int = 0) -> int:  # level 0 (8 px cells, 32 x 32)
@@ -360,15 +376,22 @@ def _edge_case_targets():
     return [
         # tiny faces: 2 px (best IoU 4/256, below the SparseIOU's refined floors: dense
         # column), 5 px (25/256), 9 px (81/256 in [0.2, 0.35): kept, forces its prior)
-        torch.cat([_face256(11, 11, 13, 13), _face256(42, 42, 47, 47, -1.0),
-                   _face256(72, 72, 81, 81)]),
+        torch.cat(
+            [_face256(11, 11, 13, 13), _face256(42, 42, 47, 47, -1.0), _face256(72, 72, 81, 81)]
+        ),
         # 8 x 10 face centred between the 16 px priors of cells (1, 1) and (1, 2): both have
         # IoU 80/256 = 0.3125 (kept face, below overlap_thresh): only the first is forced
         _face256(12, 7, 20, 17),
         # two kept faces with the same best prior (the later wins), a tiny ignored face on it
         # too (steals nothing), and a face far outside the image (IoU 0 with every prior)
-        torch.cat([_face256(100, 100, 116, 116), _face256(101, 101, 116, 116),
-                   _face256(107, 107, 109, 109), _face256(900, 900, 910, 910)]),
+        torch.cat(
+            [
+                _face256(100, 100, 116, 116),
+                _face256(101, 101, 116, 116),
+                _face256(107, 107, 109, 109),
+                _face256(900, 900, 910, 910),
+            ]
+        ),
         torch.zeros(0, 15, dtype=F64),  # no face: all padding rows
         # only a face outside the image: an image without any SparseIOU row
         _face256(-300, -300, -290, -290),
@@ -400,22 +423,27 @@ def test_windowed_edge_cases_equal_dense_and_reference(dtype):
         assert torch.equal(t.matches, m_w)
         _check_targets_equal(t, priors, targets, fixed=True)
     # losses and gradients
-    preds = [p.requires_grad_() for p in predictions(len(targets), priors.shape[0], seed=4,
-                                                     dtype=dtype)]
+    preds = [
+        p.requires_grad_() for p in predictions(len(targets), priors.shape[0], seed=4, dtype=dtype)
+    ]
     out_w = windowed(preds, priors, boxes, labels, landms, image_size=size)
     out_d = dense(preds, priors, boxes, labels, landms, image_size=size)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-5, atol=1e-6)
     for k in out_d:
         torch.testing.assert_close(out_w[k], out_d[k], **tol)
-    for a, b in zip(torch.autograd.grad(out_w["loss"], preds),
-                    torch.autograd.grad(out_d["loss"], preds)):
+    for a, b in zip(
+        torch.autograd.grad(out_w["loss"], preds), torch.autograd.grad(out_d["loss"], preds)
+    ):
         torch.testing.assert_close(a, b, **tol)
 
 
 def test_windowed_without_any_overlapping_face():
     # every face lies outside the image: the SparseIOU has no row at all
-    targets = [_face256(-300, -300, -290, -290), _face256(900, 900, 910, 910),
-               torch.zeros(0, 15, dtype=F64)]
+    targets = [
+        _face256(-300, -300, -290, -290),
+        _face256(900, 900, 910, 910),
+        torch.zeros(0, 15, dtype=F64),
+    ]
     boxes, labels, landms = R.pad_targets(targets)
     crit = MultiBoxLoss(assignment="windowed")
     assert not (crit.match(P256, boxes, (S256, S256)) >= 0).any()
@@ -437,11 +465,11 @@ def test_windowed_random_crowds_equal_dense(seed):
     m_w = MultiBoxLoss(assignment="windowed").match(P256, boxes, size)
     m_d = MultiBoxLoss(assignment="dense").match(P256, boxes, size)
     assert torch.equal(m_w, m_d)
-    preds = [p.requires_grad_() for p in predictions(6, P256.shape[0],
-                                                     seed=int(torch.randint(99, (1,),
-                                                                            generator=g)))]
-    out_w = MultiBoxLoss(assignment="windowed")(preds, P256, boxes, labels, landms,
-                                                image_size=size)
+    preds = [
+        p.requires_grad_()
+        for p in predictions(6, P256.shape[0], seed=int(torch.randint(99, (1,), generator=g)))
+    ]
+    out_w = MultiBoxLoss(assignment="windowed")(preds, P256, boxes, labels, landms, image_size=size)
     ref = R.reference_loss(preds, P256, targets, fixed=True)
     for k in ("loss", "loc", "cls", "landm"):
         torch.testing.assert_close(out_w[k], ref[k], rtol=1e-10, atol=1e-12)
@@ -453,7 +481,8 @@ def test_windowed_needs_positive_thresholds():
     assert not MultiBoxLoss(ignore_thresh=0.0)._windowed(pri, (64, 64), torch.device("cpu"))
     with pytest.raises(ValueError, match="thresh"):
         MultiBoxLoss(ignore_thresh=0.0, assignment="windowed")._windowed(
-            pri, (64, 64), torch.device("cpu"))
+            pri, (64, 64), torch.device("cpu")
+        )
     boxes, _, _ = R.pad_targets([_face(-300, -300, -290, -290), _face(100, 100, 116, 116)])
     out = MultiBoxLoss(ignore_thresh=0.0).match(P640, boxes, (SIZE, SIZE))
     assert out[0, 0] == 0 and out[1, 0] == -1  # the argmax of an all-zero IoU column

@@ -1,5 +1,6 @@
 """RetinaFaceTask end to end: configs compose, a training step, evaluation (APs and the official
 prediction files), pictures, predict, ONNX export, and `python run.py` as a user types it."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,17 @@ def _cfg(overrides: list[str]):
 @pytest.fixture(scope="module")
 def task(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = _cfg(["model=retinaface", "loss=multibox", "dataset=synthetic_faces",
-                f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
-                "model._task_.save_predictions=true", *SMALL])
+    cfg = _cfg(
+        [
+            "model=retinaface",
+            "loss=multibox",
+            "dataset=synthetic_faces",
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={out}",
+            "model._task_.save_predictions=true",
+            *SMALL,
+        ]
+    )
     torch.manual_seed(0)
     t = build_task(cfg)
     t.out_dir = out
@@ -43,22 +52,43 @@ def task(data_dir, tmp_path_factory):
 
 def _batches(task, split, n, bs=3, rng=None):
     ds = task.datasets()[split]
-    samples = [ds.load(i, None if rng is None else np.random.default_rng([rng, i]))
-               for i in range(n)]
-    return [task.collate(samples[i:i + bs]) for i in range(0, n, bs)]
+    samples = [
+        ds.load(i, None if rng is None else np.random.default_rng([rng, i])) for i in range(n)
+    ]
+    return [task.collate(samples[i : i + bs]) for i in range(0, n, bs)]
 
 
-@pytest.mark.parametrize("experiment,expect", [
-    ("retinaface_mnet", {"dataset.image_size": 640, "trainer.batch_size": 32,
-                         "trainer.max_epochs": 250, "optimizer.lr": 1e-3,
-                         "optimizer.momentum": 0.9, "optimizer.weight_decay": 5e-4,
-                         "scheduler.milestones": [190, 220], "scheduler.gamma": 0.1,
-                         "model.backbone": "mobilenet0.25"}),
-    ("retinaface_r50", {"dataset.image_size": 840, "trainer.batch_size": 24,
-                        "trainer.max_epochs": 100, "optimizer.weight_decay": 5e-4,
-                        "scheduler.milestones": [70, 90], "model.backbone": "resnet50"}),
-    ("retinaface_synthetic", {"dataset._kind_": "face_detection", "optimizer.lr": 2e-3}),
-])
+@pytest.mark.parametrize(
+    "experiment,expect",
+    [
+        (
+            "retinaface_mnet",
+            {
+                "dataset.image_size": 640,
+                "trainer.batch_size": 32,
+                "trainer.max_epochs": 250,
+                "optimizer.lr": 1e-3,
+                "optimizer.momentum": 0.9,
+                "optimizer.weight_decay": 5e-4,
+                "scheduler.milestones": [190, 220],
+                "scheduler.gamma": 0.1,
+                "model.backbone": "mobilenet0.25",
+            },
+        ),
+        (
+            "retinaface_r50",
+            {
+                "dataset.image_size": 840,
+                "trainer.batch_size": 24,
+                "trainer.max_epochs": 100,
+                "optimizer.weight_decay": 5e-4,
+                "scheduler.milestones": [70, 90],
+                "model.backbone": "resnet50",
+            },
+        ),
+        ("retinaface_synthetic", {"dataset._kind_": "face_detection", "optimizer.lr": 2e-3}),
+    ],
+)
 def test_recipes_compose(experiment, expect):
     cfg = _cfg([f"experiment={experiment}"])
     for key, value in expect.items():
@@ -137,8 +167,15 @@ def test_export_onnx_dynamic_size(task, tmp_path):
 
 
 def test_cli_train_and_eval(data_dir, tmp_path):
-    common = ["model=retinaface", "loss=multibox", "dataset=synthetic_faces", "logger=none",
-              "print_config=false", f"paths.data_dir={data_dir}", *SMALL]
+    common = [
+        "model=retinaface",
+        "loss=multibox",
+        "dataset=synthetic_faces",
+        "logger=none",
+        "print_config=false",
+        f"paths.data_dir={data_dir}",
+        *SMALL,
+    ]
     run_dir = tmp_path / "train"
     r = run_cli(*common, "debug=fast", "dataset.image_size=64", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -153,18 +190,30 @@ def test_cli_train_and_eval(data_dir, tmp_path):
 
 
 def test_cli_rejects_a_wrong_loss(data_dir, tmp_path):
-    r = run_cli("model=retinaface", "loss=multibox", "dataset=synthetic_faces",
-                "loss._kind_=center", "logger=none", f"paths.data_dir={data_dir}",
-                f"hydra.run.dir={tmp_path}")
+    r = run_cli(
+        "model=retinaface",
+        "loss=multibox",
+        "dataset=synthetic_faces",
+        "loss._kind_=center",
+        "logger=none",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert r.returncode == 2 and "does not fit model=retinaface" in r.stderr
 
 
 @pytest.mark.slow
 def test_learns_synthetic_faces(data_dir, tmp_path):
     """The learning proof (about 3 minutes on 2 CPU cores): easy AP well above 0.9."""
-    r = run_cli("experiment=retinaface_synthetic", "logger=none", "print_config=false",
-                f"paths.data_dir={data_dir}", "trainer.progress_bar=false",
-                f"hydra.run.dir={tmp_path}", timeout=1500)
+    r = run_cli(
+        "experiment=retinaface_synthetic",
+        "logger=none",
+        "print_config=false",
+        f"paths.data_dir={data_dir}",
+        "trainer.progress_bar=false",
+        f"hydra.run.dir={tmp_path}",
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best"] > 0.9
@@ -187,8 +236,7 @@ class _OracleNet(torch.nn.Module):
 
         b = self.batch
         pri = self.priors(tuple(images.shape[-2:]))
-        t = MultiBoxLoss(assignment="dense").assign(pri, b["boxes"], b["labels"],
-                                                    b["landmarks"])
+        t = MultiBoxLoss(assignment="dense").assign(pri, b["boxes"], b["labels"], b["landmarks"])
         pos = t.positive.float()
         conf = torch.stack([10 * (1 - pos), 10 * pos], -1)
         return t.loc, conf, t.landm
@@ -196,10 +244,19 @@ class _OracleNet(torch.nn.Module):
 
 @pytest.mark.parametrize("eval_size", [None, 48])
 def test_evaluate_maps_detections_back_to_original_pixels(tmp_path, eval_size):
-    cfg = _cfg(["model=retinaface", "loss=multibox", "dataset=synthetic_faces",
-                f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path}",
-                f"dataset.eval_size={eval_size if eval_size else 'null'}",
-                "dataset.image_size=128", "dataset.num_train=1", "dataset.num_val=12"])
+    cfg = _cfg(
+        [
+            "model=retinaface",
+            "loss=multibox",
+            "dataset=synthetic_faces",
+            f"paths.data_dir={tmp_path}",
+            f"paths.output_dir={tmp_path}",
+            f"dataset.eval_size={eval_size if eval_size else 'null'}",
+            "dataset.image_size=128",
+            "dataset.num_train=1",
+            "dataset.num_val=12",
+        ]
+    )
     task = build_task(cfg)
     task.model = _OracleNet()
     batches = _batches(task, "val", 12)

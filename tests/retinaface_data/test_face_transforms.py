@@ -1,4 +1,5 @@
 """Landmark-safe augmentation: worked examples with scripted draws; properties on drawn faces."""
+
 from __future__ import annotations
 
 import cv2
@@ -30,17 +31,20 @@ class Scripted:
 
 # face A: fully inside every crop below; face B: centre at x=195, cut by the crop's right edge
 BOXES = np.array([[120.0, 20, 160, 70], [180, 40, 210, 80]])
-LANDMARKS = np.array([
-    [130, 40, 150, 40, 140, 52, 132, 62, 148, 62],
-    [186, 55, 204, 55, 195, 64, 188, 72, 202, 72],  # eye at x=186 inside, right eye 204 outside
-])
+LANDMARKS = np.array(
+    [
+        [130, 40, 150, 40, 140, 52, 132, 62, 148, 62],
+        [186, 55, 204, 55, 195, 64, 188, 72, 202, 72],  # eye at x=186 inside, right eye 204 outside
+    ]
+)
 LABELS = np.array([1, 1])
 
 
 def _crop(policy, ints):
     image = np.zeros((100, 220, 3), np.uint8)
-    return ft.random_square_crop(image, BOXES, LABELS, LANDMARKS, 64, Scripted(ints),
-                                 landmark_policy=policy)
+    return ft.random_square_crop(
+        image, BOXES, LABELS, LANDMARKS, 64, Scripted(ints), landmark_policy=policy
+    )
 
 
 def test_crop_worked_example_drop_policy():
@@ -118,7 +122,7 @@ def _grey(img_chw, x, y):
     img = (img_chw.transpose(1, 2, 0) + np.array(ft.BGR_MEAN)).clip(0, 255).astype(np.uint8)
     g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(float)
     xi, yi = int(np.clip(x, 1, g.shape[1] - 2)), int(np.clip(y, 1, g.shape[0] - 2))
-    return g[yi - 1:yi + 2, xi - 1:xi + 2].mean()
+    return g[yi - 1 : yi + 2, xi - 1 : xi + 2].mean()
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -157,15 +161,17 @@ def test_distort_uses_only_the_generator():
     b = ft.distort(img, np.random.default_rng(5))
     assert a.dtype == np.uint8 and a.shape == img.shape and np.array_equal(a, b)
     ft.distort(img, np.random.default_rng(6))
-    assert np.array_equal(img, np.random.default_rng(0).integers(0, 256, (20, 30, 3),
-                                                                 dtype=np.uint8))
+    assert np.array_equal(
+        img, np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    )
 
 
 def test_min_face_size_filter():
     image = np.zeros((100, 220, 3), np.uint8)
     # side 100 crop -> training size 64: A is 41 px wide * .64 = 26 px, B is 21 * .64 = 13 px
-    out = ft.random_square_crop(image, BOXES, LABELS, LANDMARKS, 64, Scripted([4, 100]),
-                                min_face_size=16)
+    out = ft.random_square_crop(
+        image, BOXES, LABELS, LANDMARKS, 64, Scripted([4, 100]), min_face_size=16
+    )
     np.testing.assert_array_equal(out[1], [[20, 20, 60, 70]])
 
 
@@ -185,8 +191,9 @@ def test_crop_invariants(seed, n, policy):
     labels = np.where(rng.random(n) < 0.7, 1, -1)
     lm[labels < 0] = -1
     image = np.zeros((height, width, 3), np.uint8)
-    img, b, lab, m, pad = ft.random_square_crop(image, boxes, labels, lm, 64, rng,
-                                                landmark_policy=policy)
+    img, b, lab, m, pad = ft.random_square_crop(
+        image, boxes, labels, lm, 64, rng, landmark_policy=policy
+    )
     if pad:
         return
     side = img.shape[0]

@@ -1,4 +1,5 @@
 """Synthetic WIDER FACE: written in the real formats, deterministic, read by the real readers."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,16 @@ def small_root(tmp_path_factory):
 
 
 def test_layout_and_formats(small_root):
-    for rel in ("train/label.txt", "val/label.txt",
-                "wider_face_split/wider_face_val_bbx_gt.txt", "ground_truth/wider_face_val.mat",
-                "ground_truth/wider_easy_val.mat", "ground_truth/wider_medium_val.mat",
-                "ground_truth/wider_hard_val.mat", MARKER):
+    for rel in (
+        "train/label.txt",
+        "val/label.txt",
+        "wider_face_split/wider_face_val_bbx_gt.txt",
+        "ground_truth/wider_face_val.mat",
+        "ground_truth/wider_easy_val.mat",
+        "ground_truth/wider_medium_val.mat",
+        "ground_truth/wider_hard_val.mat",
+        MARKER,
+    ):
         assert (small_root / rel).is_file(), rel
     train = parse_retinaface_labels(small_root / "train/label.txt")
     val = parse_wider_val_gt(small_root / "wider_face_split/wider_face_val_bbx_gt.txt")

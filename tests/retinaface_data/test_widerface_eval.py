@@ -1,4 +1,5 @@
 """WIDER FACE evaluator: identical APs to the straightforward reference formulation."""
+
 from __future__ import annotations
 
 import math
@@ -50,10 +51,15 @@ def _same(ours: dict, oracle: dict, gt: WiderFaceGT | None = None) -> bool:
 def test_worked_example_ap_five_sixths():
     # two kept faces; file order: hit A (0.9), false positive (0.8), hit B (0.7).
     # normalised scores 1, .5, 0 -> (P, R) = (1, .5) above .5, (.5, .5) down to 0, (2/3, 1) at 0.
-    gt = WiderFaceGT.from_records([("e", "img", [[0, 0, 20, 20], [100, 100, 20, 20]])],
-                                  min_size={"easy": 0, "medium": 0, "hard": 0})
-    preds = {("e", "img"): np.array([[0, 0, 20, 20, 0.9], [50, 50, 20, 20, 0.8],
-                                     [100, 100, 20, 20, 0.7]])}
+    gt = WiderFaceGT.from_records(
+        [("e", "img", [[0, 0, 20, 20], [100, 100, 20, 20]])],
+        min_size={"easy": 0, "medium": 0, "hard": 0},
+    )
+    preds = {
+        ("e", "img"): np.array(
+            [[0, 0, 20, 20, 0.9], [50, 50, 20, 20, 0.8], [100, 100, 20, 20, 0.7]]
+        )
+    }
     aps = evaluate_widerface(preds, gt)
     assert aps["easy"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, abs=1e-12)
 
@@ -70,8 +76,9 @@ def test_iou_uses_plus_one_widths():
 
 def test_ignored_faces_are_neither_hits_nor_false_positives():
     # easy keeps only the big face; a prediction on the small (ignored) face is not a proposal
-    gt = WiderFaceGT.from_records([("e", "a", [[0, 0, 40, 40], [100, 100, 8, 8]])],
-                                  min_size={"easy": 32, "hard": 0})
+    gt = WiderFaceGT.from_records(
+        [("e", "a", [[0, 0, 40, 40], [100, 100, 8, 8]])], min_size={"easy": 32, "hard": 0}
+    )
     preds = {("e", "a"): np.array([[100, 100, 8, 8, 0.9], [0, 0, 40, 40, 0.5]])}
     aps = evaluate_widerface(preds, gt, settings=["easy", "hard"])
     assert aps["easy"] == pytest.approx(1.0)  # precision 1 at every recall
@@ -120,8 +127,7 @@ def _random_case(rng: np.random.Generator):
         # coarse scores make ties; file order is random (not sorted), as the protocol allows
         scores = rng.integers(0, 6, len(boxes)) / 5.0 * 0.9 + 0.05
         preds[(f"ev{i // 3}", f"im{i}")] = np.c_[boxes, scores]
-    sizes = {"easy": float(rng.integers(10, 40)), "medium": float(rng.integers(0, 20)),
-             "hard": 0.0}
+    sizes = {"easy": float(rng.integers(10, 40)), "medium": float(rng.integers(0, 20)), "hard": 0.0}
     return WiderFaceGT.from_records(records, min_size=sizes), preds
 
 
@@ -163,8 +169,12 @@ def test_reading_reference_style_files(tmp_path):
 
 @pytest.mark.parametrize(
     "body, where",
-    [("a\n1\n1 2 3 oops 0.9\n", "a.txt:3"), ("a\n2\n1 2 3 4 0.9\n", "count line says 2"),
-     ("a\nx\n", "a.txt:2"), ("a\n", "needs a name line")],
+    [
+        ("a\n1\n1 2 3 oops 0.9\n", "a.txt:3"),
+        ("a\n2\n1 2 3 4 0.9\n", "count line says 2"),
+        ("a\nx\n", "a.txt:2"),
+        ("a\n", "needs a name line"),
+    ],
 )
 def test_bad_prediction_files_name_file_and_line(tmp_path, body, where):
     d = tmp_path / "pred" / "ev"
@@ -176,8 +186,9 @@ def test_bad_prediction_files_name_file_and_line(tmp_path, body, where):
 
 def test_legacy_int_conversion_matches_test_widerface():
     dets = np.array([[10.7, 20.2, 30.9, 45.5, 0.99]])
-    np.testing.assert_array_equal(boxes_to_widerface(dets, legacy_int=True),
-                                  [[10, 20, 20, 25, 0.99]])
+    np.testing.assert_array_equal(
+        boxes_to_widerface(dets, legacy_int=True), [[10, 20, 20, 25, 0.99]]
+    )
     np.testing.assert_allclose(boxes_to_widerface(dets), [[10.7, 20.2, 20.2, 25.3, 0.99]])
 
 

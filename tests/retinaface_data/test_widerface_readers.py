@@ -1,4 +1,5 @@
 """WIDER FACE readers, dataset and collate on small hand-written files."""
+
 from __future__ import annotations
 
 import logging
@@ -57,10 +58,12 @@ def test_retinaface_labels(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     "body, where",
-    [("# a.jpg\n1 2 3 4 5\n", "label.txt:2: expected 20"),
-     ("# a.jpg\n1 2 x 4\n", "label.txt:2: expected numbers"),
-     ("1 2 3 4\n# a.jpg\n", "label.txt:1: face line before"),
-     ("#\n", "label.txt:1: '#' line without")],
+    [
+        ("# a.jpg\n1 2 3 4 5\n", "label.txt:2: expected 20"),
+        ("# a.jpg\n1 2 x 4\n", "label.txt:2: expected numbers"),
+        ("1 2 3 4\n# a.jpg\n", "label.txt:1: face line before"),
+        ("#\n", "label.txt:1: '#' line without"),
+    ],
 )
 def test_retinaface_label_errors_name_file_and_line(tmp_path, body, where):
     f = tmp_path / "label.txt"
@@ -78,8 +81,12 @@ def test_val_gt_text_with_empty_images(tmp_path):
         "1--Q/last_empty.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n"
     )
     recs = parse_wider_val_gt(f)
-    assert [r.path for r in recs] == ["0--P/a.jpg", "0--P/empty.jpg", "1--Q/b.jpg",
-                                      "1--Q/last_empty.jpg"]
+    assert [r.path for r in recs] == [
+        "0--P/a.jpg",
+        "0--P/empty.jpg",
+        "1--Q/b.jpg",
+        "1--Q/last_empty.jpg",
+    ]
     assert [len(r.boxes) for r in recs] == [2, 0, 1, 0]
     np.testing.assert_array_equal(recs[0].boxes[1], [10, 10, 15, 16])
     assert (recs[0].labels == -1).all()
@@ -90,11 +97,13 @@ def test_val_gt_text_with_empty_images(tmp_path):
 
 @pytest.mark.parametrize(
     "body, where",
-    [("a.jpg\n3\n1 2 3 4\n", "gt.txt:1: count says 3"),
-     ("a.jpg\nthree\n", "gt.txt:2: expected a face count"),
-     ("a.jpg\n1\n1 2 x\n", "gt.txt:3: expected numbers"),
-     ("a.jpg\n1\n1 2\n", "gt.txt:3: expected 'x y w h"),
-     ("a.jpg\n", "gt.txt:1: image line without")],
+    [
+        ("a.jpg\n3\n1 2 3 4\n", "gt.txt:1: count says 3"),
+        ("a.jpg\nthree\n", "gt.txt:2: expected a face count"),
+        ("a.jpg\n1\n1 2 x\n", "gt.txt:3: expected numbers"),
+        ("a.jpg\n1\n1 2\n", "gt.txt:3: expected 'x y w h"),
+        ("a.jpg\n", "gt.txt:1: image line without"),
+    ],
 )
 def test_val_gt_errors_name_file_and_line(tmp_path, body, where):
     f = tmp_path / "gt.txt"
@@ -132,8 +141,9 @@ def test_boxes_outside_image_clipped_or_dropped(tmp_path, caplog):
     ds = _dataset(tmp_path, f"# e/a.jpg\n70 50 20 20 {LM} 0.9\n100 10 5 5\n10 10 5 5\n")
     with caplog.at_level(logging.WARNING):
         s = ds[0]
-    np.testing.assert_allclose(s["boxes"].numpy(),
-                               [[70 / 80, 50 / 60, 1, 1], [10 / 80, 10 / 60, 15 / 80, 15 / 60]])
+    np.testing.assert_allclose(
+        s["boxes"].numpy(), [[70 / 80, 50 / 60, 1, 1], [10 / 80, 10 / 60, 15 / 80, 15 / 60]]
+    )
     assert ds.clipped_boxes == 1 and ds.dropped_boxes == 1 and "clipped, 1 dropped" in caplog.text
 
 
@@ -175,8 +185,11 @@ def test_train_samples_deterministic_by_rng(tmp_path):
 def test_collate_pads_with_minus_one_rows(tmp_path):
     _write_images(tmp_path / "images", ["e/a.jpg", "e/b.jpg"])
     _write_images(tmp_path / "images", ["e/c.jpg"], size=(40, 100))
-    ds = _dataset(tmp_path, f"# e/a.jpg\n10 20 20 25 {LM} 0.9\n30 5 10 12\n# e/b.jpg\n"
-                            f"# e/c.jpg\n50 10 20 20 {LM} 0.9\n")
+    ds = _dataset(
+        tmp_path,
+        f"# e/a.jpg\n10 20 20 25 {LM} 0.9\n30 5 10 12\n# e/b.jpg\n"
+        f"# e/c.jpg\n50 10 20 20 {LM} 0.9\n",
+    )
     batch = collate_faces([ds[0], ds[1], ds[2]])
     assert batch["image"].shape == (3, 3, 60, 100)
     assert batch["boxes"].shape == (3, 2, 4) and batch["landmarks"].shape == (3, 2, 10)

@@ -9,6 +9,7 @@ Only two things differ from the reference, both to make the oracle usable in tes
 predictions come as a nested dict instead of a directory, and the optional ``equal_scores``
 guard mirrors the documented guard of our evaluator (the reference itself gives NaN).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -226,8 +227,9 @@ def read_pred_file(filepath):
         line = line.rstrip("\r\n").split(" ")
         if line[0] == "":
             continue
-        boxes.append([float(line[0]), float(line[1]), float(line[2]), float(line[3]),
-                      float(line[4])])
+        boxes.append(
+            [float(line[0]), float(line[1]), float(line[2]), float(line[3]), float(line[4])]
+        )
     boxes = np.array(boxes)
     return img_file.split("/")[-1], boxes
 

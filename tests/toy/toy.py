@@ -1,6 +1,7 @@
 """A tiny classification trainer for engine tests: it exercises every engine path (augmentation
 randomness, torch RNG in the step, BN buffers, evaluation, visualisation, prediction) in
 milliseconds. Also used through run.py with hydra.searchpath=[file://tests/toy/conf]."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,15 @@ class Blobs(SampleDataset):
         return {"x": torch.from_numpy(x), "label": int(self.labels[index]), "index": index}
 
 
-def blobs_splits(n_train: int = 64, n_val: int = 32, num_classes: int = 3, dim: int = 4,
-                 seed: int = 0, image_size: int = 8, nan_train_indices=()):
+def blobs_splits(
+    n_train: int = 64,
+    n_val: int = 32,
+    num_classes: int = 3,
+    dim: int = 4,
+    seed: int = 0,
+    image_size: int = 8,
+    nan_train_indices=(),
+):
     train = Blobs(n_train, num_classes, dim, seed, image_size)
     train.nan_indices = set(nan_train_indices)
     val = Blobs(n_val, num_classes, dim, seed, image_size)
@@ -48,8 +56,13 @@ def blobs_splits(n_train: int = 64, n_val: int = 32, num_classes: int = 3, dim: 
 class ToyNet(nn.Module):
     def __init__(self, dim: int = 4, num_classes: int = 3, hidden: int = 16, dropout: float = 0.1):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.body = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x):
         return self.body(x)

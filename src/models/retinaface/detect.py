@@ -14,6 +14,7 @@ Boxes and landmarks come out in pixels of the network input divided by ``scale``
 factor of each image, so the default 1 gives input pixels and the evaluation's ``scale`` gives
 pixels of the original file). Detections of an image are sorted by decreasing score.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,8 +40,13 @@ class DetectConfig:
     max_nms_boxes: int = 8192
 
 
-def decode(loc: Tensor, conf: Tensor, landm: Tensor, priors: Tensor,
-           variances: Sequence[float] = (0.1, 0.2)) -> tuple[Tensor, Tensor, Tensor]:
+def decode(
+    loc: Tensor,
+    conf: Tensor,
+    landm: Tensor,
+    priors: Tensor,
+    variances: Sequence[float] = (0.1, 0.2),
+) -> tuple[Tensor, Tensor, Tensor]:
     """Raw outputs (B, P, 4 / 2 / 10) + priors (P, 4) ``cxcywh`` -> normalised corner boxes
     (B, P, 4), face scores (B, P) (softmax of the logits) and landmarks (B, P, 10)."""
     v0, v1 = (float(v) for v in variances)
@@ -66,9 +72,15 @@ def _groups(counts: list[int], limit: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def detect(loc: Tensor, conf: Tensor, landm: Tensor, priors: Tensor,
-           image_size: tuple[int, int], scale: Tensor | Sequence[float] | float = 1.0,
-           cfg: DetectConfig | None = None) -> list[dict[str, Tensor]]:
+def detect(
+    loc: Tensor,
+    conf: Tensor,
+    landm: Tensor,
+    priors: Tensor,
+    image_size: tuple[int, int],
+    scale: Tensor | Sequence[float] | float = 1.0,
+    cfg: DetectConfig | None = None,
+) -> list[dict[str, Tensor]]:
     """Detections per image: ``[{"boxes" (K, 4) x1 y1 x2 y2, "scores" (K,), "landmarks"
     (K, 10)}, ...]`` in pixels (see the module doc), at most ``keep_top_k`` each.
 
@@ -86,8 +98,9 @@ def detect(loc: Tensor, conf: Tensor, landm: Tensor, priors: Tensor,
 
     # threshold + top-k before NMS, for all images at once
     k = min(int(cfg.top_k), scores.shape[1])
-    masked = torch.where(scores > cfg.confidence_threshold, scores,
-                         torch.full_like(scores, float("-inf")))
+    masked = torch.where(
+        scores > cfg.confidence_threshold, scores, torch.full_like(scores, float("-inf"))
+    )
     top, idx = masked.topk(k, dim=1, sorted=True)  # (B, k) descending
     valid = top > float("-inf")
     counts = valid.sum(dim=1).tolist()
@@ -105,9 +118,13 @@ def detect(loc: Tensor, conf: Tensor, landm: Tensor, priors: Tensor,
     for a, b in _groups(counts, int(cfg.max_nms_boxes)):
         lo, hi = offsets[a], offsets[b]
         g_img = cand_img[lo:hi]
-        keep = batched_nms(cand_boxes[lo:hi].float() if cand_boxes.dtype == torch.float16
-                           else cand_boxes[lo:hi], cand_scores[lo:hi], g_img,
-                           float(cfg.nms_threshold), offset=float(cfg.nms_offset))
+        keep = batched_nms(
+            cand_boxes[lo:hi].float() if cand_boxes.dtype == torch.float16 else cand_boxes[lo:hi],
+            cand_scores[lo:hi],
+            g_img,
+            float(cfg.nms_threshold),
+            offset=float(cfg.nms_offset),
+        )
         keep = keep + lo  # sorted by decreasing score over the whole group
         kept_img = cand_img[keep]
         order = torch.sort(kept_img, stable=True).indices  # group by image, score order kept
@@ -115,6 +132,11 @@ def detect(loc: Tensor, conf: Tensor, landm: Tensor, priors: Tensor,
         per_image = torch.bincount(kept_img - a, minlength=b - a).tolist()
         for chunk in torch.split(keep, per_image):
             chunk = chunk[: int(cfg.keep_top_k)]
-            out.append({"boxes": cand_boxes[chunk], "scores": cand_scores[chunk],
-                        "landmarks": cand_points[chunk]})
+            out.append(
+                {
+                    "boxes": cand_boxes[chunk],
+                    "scores": cand_scores[chunk],
+                    "landmarks": cand_points[chunk],
+                }
+            )
     return out

@@ -58,8 +58,9 @@ def anchor_grid(
     h, w = int(image_size[0]), int(image_size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image_size must be positive, got {(h, w)}")
-    return _anchor_grid_cached(h, w, tuple(tuple(int(s) for s in m) for m in min_sizes),
-                               tuple(int(s) for s in steps))
+    return _anchor_grid_cached(
+        h, w, tuple(tuple(int(s) for s in m) for m in min_sizes), tuple(int(s) for s in steps)
+    )
 
 
 @lru_cache(maxsize=64)
