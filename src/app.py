@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.errors import UserError, user_error_types
@@ -25,16 +25,49 @@ log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODES = ("train", "eval", "predict", "export")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 # ---- validation --------------------------------------------------------------------------------
-def _choices_of_kind(group: str, kinds: list[str]) -> list[str]:
+def _config_repository():
+    """Hydra's view of every config source of this run (conf/, hydra.searchpath, ...)."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+    search_path = ConfigSearchPathImpl()
+    try:
+        for source in HydraConfig.get().runtime.config_sources:
+            search_path.append(source.provider, f"{source.schema}://{source.path}")
+    except ValueError:  # no Hydra context (tests composing by hand): conf/ alone
+        search_path.append("main", f"file://{CONF_DIR}")
+    return ConfigRepository(search_path)
+
+
+def _target_object(target: Any):
+    """The class or function a ``_target_`` names, imported but not called (None if absent or
+    not importable)."""
+    if not target:
+        return None
+    try:
+        return get_object(str(target))
+    except Exception:  # noqa: BLE001 - a broken option must not hide the others
+        return None
+
+
+def kind_of(node: Any) -> str | None:
+    """The ``kind`` a loss or dataset config declares through its ``_target_``'s class or
+    builder function."""
+    target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+    return getattr(_target_object(target), "kind", None)
+
+
+def choices_of_kind(group: str, kinds: tuple[str, ...]) -> list[str]:
+    """``group=option`` for every option on the config search path whose kind is in kinds."""
+    repo = _config_repository()
     out = []
-    for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        node = OmegaConf.load(path)
-        if isinstance(node, DictConfig) and node.get("_kind_") in kinds:
-            out.append(f"{group}={path.stem}")
+    for option in repo.get_group_options(group):
+        result = repo.load_config(f"{group}/{option}")
+        if result is not None and kind_of(result.config) in kinds:
+            out.append(f"{group}={option}")
     return out
 
 
@@ -46,16 +79,23 @@ def _choice(group: str) -> str:
 
 
 def check_compatibility(cfg: DictConfig) -> None:
-    """A model declares the loss and dataset kinds it accepts (``_accepts_``); stop before any
-    heavy work, naming the valid choices, when a pick does not fit."""
+    """A Task declares the loss and dataset kinds it accepts (``accepts``), losses and datasets
+    their ``kind``: read from the ``_target_``s without building anything, and stop, naming
+    the valid choices, when a pick does not fit."""
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is not one of {', '.join(MODES)}")
-    accepts = cfg.model.get("_accepts_") or {}
+    task_cls = _target_object(cfg.model.get("_target_"))
+    if task_cls is None:
+        raise UserError(
+            f"model={_choice('model')}: _target_ {cfg.model.get('_target_')!r} cannot be "
+            "imported (conf/model/<name>.yaml names the Task class)"
+        )
+    accepts = getattr(task_cls, "accepts", {}) or {}
     for group in ("loss", "dataset"):
-        kinds = list(accepts.get(group, []))
-        kind = cfg[group].get("_kind_")
+        kinds = tuple(accepts.get(group, ()))
+        kind = kind_of(cfg.get(group))
         if kinds and kind not in kinds:
-            valid = ", ".join(_choices_of_kind(group, kinds)) or "none configured"
+            valid = ", ".join(choices_of_kind(group, kinds)) or "none configured"
             raise UserError(
                 f"{group}={_choice(group)} (kind '{kind}') does not fit "
                 f"model={_choice('model')}; valid choices: {valid}"
@@ -67,21 +107,11 @@ def check_compatibility(cfg: DictConfig) -> None:
 
 
 # ---- building ------------------------------------------------------------------------------
-def strip_meta(node: DictConfig) -> dict[str, Any]:
-    """The node as kwargs for instantiate, without our ``_meta_`` keys."""
-    d = OmegaConf.to_container(node, resolve=True)
-    return {
-        k: v
-        for k, v in d.items()
-        if not (k.startswith("_") and k.endswith("_")) or k in _HYDRA_KEYS
-    }
-
-
-def _instantiate(node: Any, group: str):
+def _instantiate(node: Any, group: str, **kwargs):
     """hydra.utils.instantiate, but a user error raised inside a constructor (missing data,
     missing weights file, ...) surfaces as itself rather than wrapped by Hydra."""
     try:
-        return instantiate(node)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, (*user_error_types(), FileNotFoundError)):
@@ -90,11 +120,12 @@ def _instantiate(node: Any, group: str):
 
 
 def build_task(cfg: DictConfig):
-    model = _instantiate(strip_meta(cfg.model), "model")
-    loss = _instantiate(strip_meta(cfg.loss), "loss")
-    data = _instantiate(strip_meta(cfg.dataset), "dataset")
-    task_factory = instantiate(cfg.model._task_)
-    return task_factory(model=model, loss=loss, data=data)
+    """``model`` (the Task, its networks nested) + the ``loss`` and ``dataset`` built apart.
+    The networks are built first, then the loss and the data."""
+    task_factory = _instantiate(cfg.model, "model", _partial_=True)
+    loss = _instantiate(cfg.loss, "loss") if cfg.get("loss") else None
+    data = _instantiate(cfg.dataset, "dataset")
+    return task_factory(loss=loss, data=data)
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, enabled: bool):

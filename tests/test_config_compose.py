@@ -11,7 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from src.app import CONF_DIR, check_compatibility
+from hydra.utils import get_object
+
+from src.app import CONF_DIR, check_compatibility, kind_of
 from src.config import register_configs
 from src.utils.errors import UserError
 from src.utils.resolvers import register_resolvers
@@ -36,9 +38,23 @@ def _compose(*overrides: str):
 
 
 def _fits(model: str, group: str, option: str) -> bool:
-    accepts = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")._accepts_
-    kind = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")._kind_
-    return kind in accepts[group]
+    """What the Task class declares (``accepts``) against the option's ``kind``."""
+    task = get_object(OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")._target_)
+    kinds = task.accepts.get(group, ())
+    return not kinds or kind_of(OmegaConf.load(CONF_DIR / group / f"{option}.yaml")) in kinds
+
+
+# what each trainer takes, written out by hand (an independent statement of the declarations)
+EXPECTED = {
+    "ws_dan": {"loss": {"center", "ce"}, "dataset": {"cub", "synthetic_cub"}},
+    "retinaface": {"loss": {"multibox"}, "dataset": {"widerface", "synthetic_faces"}},
+}
+
+
+@pytest.mark.parametrize("model", sorted(EXPECTED))
+def test_declared_kinds_pair_each_model_with_its_losses_and_datasets(model):
+    for group, expected in EXPECTED[model].items():
+        assert {o for o in options(group) if _fits(model, group, o)} == expected
 
 
 COMBOS = list(itertools.product(options("model"), options("loss"), options("dataset")))
@@ -76,7 +92,7 @@ def test_every_option_of_each_group_composes(group):
 
 def test_ws_dan_paper_recipe():
     cfg = _compose("experiment=ws_dan_cub")
-    assert cfg.model.backbone == "inception_v3" and cfg.model.num_attentions == 32
+    assert cfg.model.net.backbone == "inception_v3" and cfg.model.net.num_attentions == 32
     assert cfg.dataset._target_.endswith("build_cub") and cfg.dataset.image_size == 448
     assert cfg.trainer.batch_size == 12 and cfg.trainer.max_epochs == 160
     o, s = cfg.optimizer, cfg.scheduler

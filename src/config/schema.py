@@ -8,9 +8,10 @@ before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 # ---- trainer ---------------------------------------------------------------------------------
@@ -39,10 +40,18 @@ class TrainerConfig:
     deterministic: bool = False
     ddp_backend: Optional[str] = None  # default: nccl on CUDA, gloo on CPU
     find_unused_parameters: bool = False
+    ema_decay: Optional[float] = None  # e.g. 0.9999: evaluate/predict/export an EMA of the weights
+    ema_ramp: Optional[float] = 2000.0  # decay * (1 - exp(-updates / ramp)); null = constant
     preempt_at_step: int = -1  # drill: send SIGTERM to this process after this optimizer step
 
 
 # ---- optimizers ------------------------------------------------------------------------------
+# ``groups.<name>`` overrides any field for one of the Task's optimizer groups (open, so
+# ``optimizer.groups.D.lr=4e-4`` needs no ``+``; src/engine/optim.py checks the names).
+def _groups() -> Any:
+    return field(default_factory=dict)
+
+
 @dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
@@ -50,6 +59,7 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
+    groups: dict[str, Any] = _groups()
 
 
 @dataclass
@@ -59,6 +69,7 @@ class AdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    groups: dict[str, Any] = _groups()
 
 
 @dataclass
@@ -67,11 +78,23 @@ class AdamWConfig(AdamConfig):
     weight_decay: float = 1e-2
 
 
+@dataclass
+class RMSpropConfig:
+    _target_: str = "torch.optim.RMSprop"
+    lr: float = 5e-5
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    groups: dict[str, Any] = _groups()
+
+
 # ---- schedulers ------------------------------------------------------------------------------
 @dataclass
 class SchedulerBase:
     _target_: Optional[str] = None  # None = constant learning rate
     interval: str = "epoch"  # epoch | step: when the engine calls scheduler.step()
+    groups: dict[str, Any] = _groups()  # per optimizer group overrides, as optimizer.groups
 
 
 @dataclass
@@ -93,6 +116,14 @@ class CosineConfig(SchedulerBase):
     _target_: Optional[str] = "torch.optim.lr_scheduler.CosineAnnealingLR"
     T_max: int = 100
     eta_min: float = 0.0
+
+
+@dataclass
+class LinearDecayConfig(SchedulerBase):
+    _target_: Optional[str] = "src.engine.schedulers.LinearDecayLR"
+    constant_epochs: int = 100  # pix2pix / CycleGAN: n_epochs
+    decay_epochs: int = 100  # n_epochs_decay
+    epoch_count: int = 1  # the reference's starting epoch count
 
 
 # ---- loggers ---------------------------------------------------------------------------------
@@ -125,16 +156,26 @@ class PathsConfig:
     work_dir: str = "."
 
 
+def _open_groups(schema: type) -> Any:
+    """The schema as a config whose ``groups`` node takes new keys despite struct mode."""
+    node = OmegaConf.structured(schema)
+    if "groups" in node:
+        OmegaConf.set_struct(node.groups, False)
+    return node
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
-    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
-    cs.store(group="scheduler", name="none_schema", node=SchedulerBase)
-    cs.store(group="scheduler", name="step_schema", node=StepLRConfig)
-    cs.store(group="scheduler", name="multistep_schema", node=MultiStepLRConfig)
-    cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=_open_groups(SGDConfig))
+    cs.store(group="optimizer", name="adam_schema", node=_open_groups(AdamConfig))
+    cs.store(group="optimizer", name="adamw_schema", node=_open_groups(AdamWConfig))
+    cs.store(group="optimizer", name="rmsprop_schema", node=_open_groups(RMSpropConfig))
+    cs.store(group="scheduler", name="none_schema", node=_open_groups(SchedulerBase))
+    cs.store(group="scheduler", name="step_schema", node=_open_groups(StepLRConfig))
+    cs.store(group="scheduler", name="multistep_schema", node=_open_groups(MultiStepLRConfig))
+    cs.store(group="scheduler", name="cosine_schema", node=_open_groups(CosineConfig))
+    cs.store(group="scheduler", name="linear_decay_schema", node=_open_groups(LinearDecayConfig))
     cs.store(group="logger", name="wandb_schema", node=WandbConfig)
     cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)

@@ -238,3 +238,6 @@ def build_cub(
                 f"CUB-200-2011: {index.root / 'train_test_split.txt'} has no {name} images"
             )
     return {"train": train, "val": val}
+
+
+build_cub.kind = "classification"  # the dataset kind Tasks declare in `accepts`

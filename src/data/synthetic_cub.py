@@ -233,3 +233,6 @@ def build_synthetic_cub(
     """Dataset factory for ``dataset=synthetic_cub``: generate if needed, read as CUB."""
     ensure_synthetic_cub(root, seed, num_classes, train_per_class, test_per_class, source_size)
     return build_cub(root, image_size=image_size, num_classes=num_classes)
+
+
+build_synthetic_cub.kind = "classification"  # the dataset kind Tasks declare in `accepts`

@@ -237,3 +237,6 @@ def synthetic_faces_splits(
     ensure_synthetic_faces(root, seed, num_train, num_val, image_size)
     return widerface_splits(root, image_size=train_size or image_size, eval_size=eval_size,
                             landmark_policy=landmark_policy, min_face_size=min_face_size)
+
+
+synthetic_faces_splits.kind = "face_detection"  # the dataset kind Tasks declare in `accepts`

@@ -378,3 +378,6 @@ def widerface_splits(
         parse_wider_val_gt(root / val_gt), root / val_images, image_size, eval_size,
         on_missing=on_missing, gt_dir=root / gt_dir, source=str(root / val_gt))
     return {"train": train, "val": val}
+
+
+widerface_splits.kind = "face_detection"  # the dataset kind Tasks declare in `accepts`

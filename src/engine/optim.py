@@ -2,37 +2,100 @@
 
 ``Optimization.backward(loss, name)`` / ``.step(name)`` apply mixed-precision loss scaling,
 gradient accumulation, clipping and NaN/inf skipping. Automatic Tasks never see it (the engine
-calls it with ``"loss"``); manual Tasks (GANs) call it for each of their optimizers in turn.
+calls it with ``"main"``); manual Tasks (GANs) call it for each of their optimizers in turn.
+
+Per-group configuration: a Task names its optimizer groups (``Task.optimizer_groups()``); the
+``optimizer`` and ``scheduler`` configs apply to every group, and ``<cfg>.groups.<name>``
+overrides any field for one group. A group that changes ``_target_`` keeps only the base fields
+its new class accepts (``optimizer.groups.D._target_=torch.optim.RMSprop`` drops SGD's
+``momentum`` unless the group sets it again); every field a group sets itself must be accepted.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.errors import UserError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError):
     pass
 
 
+def _accepted(target: str) -> set[str] | None:
+    """Keyword names the callable ``target`` takes (None: it takes any keyword)."""
+    params = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def group_configs(cfg: DictConfig | dict | None, names: Iterable[str], what: str) -> dict:
+    """``{group: plain config dict}``: the base config with ``groups.<group>`` merged in."""
+    names = list(names)
+    if cfg is None:
+        return {n: {} for n in names}
+    base = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    overrides = base.pop("groups", None) or {}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise UserError(
+            f"{what}.groups.{unknown[0]}: this model has no such optimizer group "
+            f"(its groups: {', '.join(names)})"
+        )
+    out = {}
+    for name in names:
+        own = dict(overrides.get(name) or {})
+        merged = dict(base)
+        target = own.get("_target_")
+        if target and target != base.get("_target_"):
+            accepted = _accepted(target)
+            if accepted is not None:
+                merged = {k: v for k, v in merged.items() if k.startswith("_") or k in accepted}
+        merged.update(own)
+        target = merged.get("_target_")
+        if target and own:
+            accepted = _accepted(target)
+            bad = sorted(
+                k
+                for k in own
+                if not k.startswith("_")
+                and accepted is not None
+                and k not in accepted
+                and k != "interval"
+            )
+            if bad:
+                raise UserError(f"{what}.groups.{name}.{bad[0]}: {target} takes no such argument")
+        out[name] = merged
+    return out
+
+
 def build_optimizers(
-    groups: dict[str, list], opt_cfg: DictConfig
+    groups: dict[str, list], opt_cfg: DictConfig | dict
 ) -> dict[str, torch.optim.Optimizer]:
-    return {name: instantiate(opt_cfg, params) for name, params in groups.items()}
+    cfgs = group_configs(opt_cfg, groups, "optimizer")
+    return {name: instantiate(cfgs[name], params) for name, params in groups.items()}
 
 
-def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], sched_cfg: DictConfig | None):
-    """Returns ({name: scheduler}, interval)."""
-    if sched_cfg is None or sched_cfg.get("_target_") is None:
-        return {}, "epoch"
-    cfg = OmegaConf.to_container(sched_cfg, resolve=True)
-    interval = cfg.pop("interval", "epoch")
-    if interval not in ("epoch", "step"):
-        raise ValueError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
-    return {name: instantiate(cfg, opt) for name, opt in optimizers.items()}, interval
+def build_schedulers(
+    optimizers: dict[str, torch.optim.Optimizer], sched_cfg: DictConfig | dict | None
+) -> dict[str, tuple[Any, str]]:
+    """``{name: (scheduler, interval)}`` for the groups that have a scheduler ``_target_``."""
+    out = {}
+    for name, cfg in group_configs(sched_cfg, optimizers, "scheduler").items():
+        interval = cfg.pop("interval", "epoch")
+        if cfg.get("_target_") is None:
+            continue
+        if interval not in ("epoch", "step"):
+            raise UserError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
+        out[name] = (instantiate(cfg, optimizers[name]), interval)
+    return out
 
 
 class Optimization:
@@ -53,16 +116,30 @@ class Optimization:
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         use_scaler = precision == "fp16" and device.type == "cuda"
         self.scalers = {n: torch.amp.GradScaler("cuda", enabled=use_scaler) for n in optimizers}
+        # with several optimizers a backward reaches only its own group's parameters, so a
+        # generator loss leaves the discriminator's gradients alone (and the reverse)
+        self._inputs = (
+            {n: [p for g in o.param_groups for p in g["params"]] for n, o in optimizers.items()}
+            if len(optimizers) > 1
+            else {}
+        )
         self.micro_step = 0  # micro-batches seen (advanced by the engine)
         self.nonfinite_total = 0
         self.nonfinite_consecutive = 0
+        self.updates = {n: 0 for n in optimizers}  # parameter updates done, per optimizer
         self._bad_window: set[str] = set()
+        self.listeners: list[Callable[[str], None]] = []  # called after each update
 
     # -- called by the engine ------------------------------------------------------------
     @property
     def at_boundary(self) -> bool:
         """True on the micro-batch that completes an accumulation window."""
         return (self.micro_step + 1) % self.accumulate == 0
+
+    @property
+    def num_steps(self) -> int:
+        """Accumulation windows completed (= the engine's global step)."""
+        return self.micro_step // self.accumulate
 
     def advance(self) -> None:
         self.micro_step += 1
@@ -83,12 +160,18 @@ class Optimization:
                 )
             return False
         self.nonfinite_consecutive = 0
-        self.scalers[name].scale(loss / self.accumulate).backward()
+        scaled = self.scalers[name].scale(loss / self.accumulate)
+        inputs = self._inputs.get(name)
+        if inputs is None:
+            scaled.backward()
+        else:
+            scaled.backward(inputs=[p for p in inputs if p.requires_grad])
         return True
 
     def step(self, name: str = "main") -> bool:
         """Step optimizer ``name`` at the end of an accumulation window. Returns whether a
-        parameter update happened."""
+        parameter update happened (then the listeners, e.g. Task.on_after_optimizer_step,
+        are called with ``name``)."""
         if not self.at_boundary:
             return False
         opt, scaler = self.optimizers[name], self.scalers[name]
@@ -104,6 +187,10 @@ class Optimization:
             scaler.update()
             stepped = True
         opt.zero_grad(set_to_none=True)
+        if stepped:
+            self.updates[name] += 1
+            for listener in self.listeners:
+                listener(name)
         return stepped
 
     def state_dict(self) -> dict[str, Any]:
@@ -112,6 +199,7 @@ class Optimization:
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
             "micro_step": self.micro_step,
             "nonfinite_total": self.nonfinite_total,
+            "updates": dict(self.updates),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -122,3 +210,4 @@ class Optimization:
                 s.load_state_dict(state["scalers"][n])
         self.micro_step = state["micro_step"]
         self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.updates.update(state.get("updates", {}))

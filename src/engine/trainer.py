@@ -17,6 +17,7 @@ from tqdm import tqdm
 from . import distributed as D
 from .checkpoint import CheckpointError, load, save_atomic, task_weights
 from .data import DeviceLoader, batch_size_of, make_loader, to_device
+from .ema import EMA
 from .optim import Optimization, build_optimizers, build_schedulers
 from .seed import rng_state, set_rng_state
 from .signals import StopRequest
@@ -81,6 +82,11 @@ class Trainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.task.to(self.device)
+        self.ema = (
+            EMA(task, task.ema_modules or task.ddp_modules, cfg.ema_decay, cfg.ema_ramp)
+            if cfg.ema_decay
+            else None
+        )
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -95,7 +101,8 @@ class Trainer:
         return {
             "task": task_state,
             "optim": self.opt.state_dict(),
-            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "schedulers": {n: s.state_dict() for n, (s, _) in self.schedulers.items()},
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "rng": rng_state(),
             "progress": {
                 "global_step": self.global_step,
@@ -124,8 +131,14 @@ class Trainer:
             )
         self.task.load_state_dict(ckpt["task"])
         self.opt.load_state_dict(ckpt["optim"])
-        for n, s in self.schedulers.items():
+        for n, (s, _) in self.schedulers.items():
             s.load_state_dict(ckpt["schedulers"][n])
+        if self.ema is not None:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                log.warning("%s has no EMA weights: the average starts from its weights", path)
+                self.ema = EMA(self.task, self.ema.names, self.ema.decay, self.ema.ramp)
         set_rng_state(ckpt["rng"])
         p = ckpt["progress"]
         self.global_step, self.epoch, self.batch_in_epoch = (
@@ -144,8 +157,10 @@ class Trainer:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Weights for eval/predict/export. Model keys must match exactly; loss state (e.g.
-        WS-DAN's class centers) may differ, since evaluation can use another loss config."""
-        state = task_weights(load(path))
+        WS-DAN's class centers) may differ, since evaluation can use another loss config.
+        With ``trainer.ema_decay`` set, the checkpoint's averaged weights are used."""
+        ckpt = load(path)
+        state = task_weights(ckpt)
         try:
             missing, unexpected = self.task.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -159,6 +174,16 @@ class Trainer:
                 f"unexpected keys (e.g. {', '.join(bad[:3])}); was it trained with another "
                 "model= or model options?"
             )
+        if self.ema is not None:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+                self.ema.copy_to(self.task)
+                log.info("using the EMA weights of %s (%d updates)", path, self.ema.updates)
+            else:
+                log.warning(
+                    "trainer.ema_decay is set but %s has no EMA weights: using its raw weights",
+                    path,
+                )
 
     # ---- loaders -------------------------------------------------------------------
     def _loader(self, split: str, train: bool):
@@ -194,6 +219,7 @@ class Trainer:
                         devices=[] if self.device.type == "cpu" else [self.device]
                     ),
                     D.unwrapped(self.task, self.task.ddp_modules),
+                    self.ema.swapped_in(self.task) if self.ema is not None else nullcontext(),
                     torch.no_grad(),
                     autocast_context(self.device, self.cfg.precision),
                 ):
@@ -231,113 +257,152 @@ class Trainer:
             self.save("best.ckpt")
 
     # ---- training ------------------------------------------------------------------
-    def fit(self, ckpt_path: str | None = None) -> dict[str, Any]:
+    def _setup_fit(self, ckpt_path: str | None) -> None:
         c, task = self.cfg, self.task
+        groups = task.optimizer_groups()
+        if task.automatic_optimization and len(groups) != 1:
+            raise RuntimeError(
+                f"{type(task).__name__} has {len(groups)} optimizer groups but automatic "
+                "optimization steps one: set automatic_optimization = False and step each "
+                "group in training_step"
+            )
         self.opt = Optimization(
-            build_optimizers(task.optimizer_groups(), self.optimizer_cfg),
+            build_optimizers(groups, self.optimizer_cfg),
             device=self.device,
             precision=c.precision,
             grad_clip_norm=c.grad_clip_norm,
             accumulate=c.accumulate_grad_batches,
             max_consecutive_nonfinite=c.max_consecutive_nonfinite,
         )
-        self.schedulers, interval = build_schedulers(self.opt.optimizers, self.scheduler_cfg)
+        self.opt.listeners.append(task.on_after_optimizer_step)
+        self.schedulers = build_schedulers(self.opt.optimizers, self.scheduler_cfg)
         if ckpt_path:
             self.restore(ckpt_path)
         if self.ddp:
             D.wrap_ddp(task, task.ddp_modules, self.device, c.find_unused_parameters)
-        loader = self._loader("train", train=True)
-        if loader is None:
+        self.loader = self._loader("train", train=True)
+        if self.loader is None:
             raise RuntimeError(f"{type(task).__name__}.datasets() has no 'train' split")
-        sampler = loader.sampler
-        steps_per_epoch = sampler.num_batches() // c.accumulate_grad_batches
-        if steps_per_epoch == 0:
+        self.steps_per_epoch = self.loader.sampler.num_batches() // c.accumulate_grad_batches
+        if self.steps_per_epoch == 0:
             raise RuntimeError(
                 f"the train split gives no full batch of {c.batch_size} per process "
                 f"({len(task.datasets()['train'])} samples, {self.world} processes): lower "
                 "trainer.batch_size or add data"
             )
-        max_steps = c.max_steps if c.max_steps > 0 else c.max_epochs * steps_per_epoch
+        self.max_steps = c.max_steps if c.max_steps > 0 else c.max_epochs * self.steps_per_epoch
+        self._updates_seen = sum(self.opt.updates.values())
+
+    def _step_schedulers(self, interval: str) -> None:
+        for scheduler, when in self.schedulers.values():
+            if when == interval:
+                scheduler.step()
+
+    def fit(self, ckpt_path: str | None = None) -> dict[str, Any]:
+        """Train until ``max_steps`` / ``max_epochs`` or a stop signal; returns the summary."""
+        self._setup_fit(ckpt_path)
         stop = "completed"
-        task.train()
+        self.task.train()
         with StopRequest() as stop_request:
-            while self.global_step < max_steps and self.epoch < c.max_epochs:
-                sampler.set_epoch(self.epoch, self.batch_in_epoch)
-                task.on_train_epoch_start(self.epoch)
-                bar = tqdm(
-                    total=sampler.num_batches(),
-                    initial=self.batch_in_epoch,
-                    desc=f"epoch {self.epoch}",
-                    dynamic_ncols=True,
-                    leave=False,
-                    disable=not (c.progress_bar and D.is_rank_zero()),
-                )
-                t0 = time.time()
-                for batch in loader:
-                    n_images = batch_size_of(batch) * self.world
-                    batch = to_device(batch, self.device)
-                    with autocast_context(self.device, c.precision):
-                        out = task.training_step(batch, self.opt)
-                    if task.automatic_optimization:
-                        self.opt.backward(out["loss"], "main")
-                        self.opt.step("main")
-                    boundary = self.opt.at_boundary
-                    self.opt.advance()
-                    self.batch_in_epoch += 1
-                    bar.update(1)
-                    if not boundary:
-                        continue
-                    self.global_step += 1
-                    if interval == "step":
-                        for s in self.schedulers.values():
-                            s.step()
-                    dt, t0 = time.time() - t0, time.time()
-                    if self.global_step % c.log_every_n_steps == 0 or self.global_step == 1:
-                        logs = _scalars(out, "train/")
-                        logs["train/images_per_s"] = n_images * c.accumulate_grad_batches / dt
-                        logs["train/nonfinite_skipped"] = self.opt.nonfinite_total
-                        for n, o in self.opt.optimizers.items():
-                            logs[f"lr/{n}"] = o.param_groups[0]["lr"]
-                        self.logger.log_metrics(logs, self.global_step, self.epoch)
-                        bar.set_postfix(
-                            loss=f"{logs.get('train/loss', float('nan')):.4f}",
-                            img_s=f"{logs['train/images_per_s']:.1f}",
-                        )
-                    if c.eval_every_n_steps and self.global_step % c.eval_every_n_steps == 0:
-                        self._after_eval(self.evaluate())
-                    if (
-                        c.checkpoint_every_n_steps
-                        and self.global_step % c.checkpoint_every_n_steps == 0
-                    ):
-                        self.save("last.ckpt")
-                    if c.preempt_at_step == self.global_step:
-                        os.kill(os.getpid(), signal.SIGTERM)
-                    if D.broadcast_object(stop_request.requested):
-                        stop = f"stopped by {D.broadcast_object(stop_request.requested)}"
-                        break
-                    if self.global_step >= max_steps:
-                        break
-                bar.close()
+            while self.global_step < self.max_steps and self.epoch < self.cfg.max_epochs:
+                stop = self._train_epoch(stop_request)
+                if self.cfg.save_last or stop != "completed":
+                    self.save("last.ckpt")  # a stopped run always leaves its resume point
                 if stop != "completed":
                     break
-                if self.batch_in_epoch >= sampler.num_batches():  # the epoch is complete
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    if interval == "epoch":
-                        for s in self.schedulers.values():
-                            s.step()
-                    if c.eval_every_n_epochs and self.epoch % c.eval_every_n_epochs == 0:
-                        self._after_eval(self.evaluate())
-                if c.save_last:
-                    self.save("last.ckpt")
-        if stop != "completed":
-            self.save("last.ckpt")  # resume point, whatever save_last says
-        elif self._last_eval_step != self.global_step and (
-            c.eval_every_n_epochs or c.eval_every_n_steps
+        if (
+            stop == "completed"
+            and self._last_eval_step != self.global_step
+            and (self.cfg.eval_every_n_epochs or self.cfg.eval_every_n_steps)
         ):
             self._after_eval(self.evaluate())  # the final weights are always evaluated
         D.barrier()
         return self.summary(stop)
+
+    def _train_epoch(self, stop_request: StopRequest) -> str:
+        """One epoch (or its rest, after a resume); returns "completed" or why it stopped."""
+        sampler = self.loader.sampler
+        sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.task.on_train_epoch_start(self.epoch)  # also when resuming mid-epoch
+        bar = tqdm(
+            total=sampler.num_batches(),
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch}",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not (self.cfg.progress_bar and D.is_rank_zero()),
+        )
+        stop = "completed"
+        self._t0 = time.time()
+        for batch in self.loader:
+            out, n_images, boundary = self._train_batch(batch)
+            bar.update(1)
+            if not boundary:
+                continue
+            self._after_step(out, n_images, bar)
+            requested = D.broadcast_object(stop_request.requested)
+            if requested:
+                stop = f"stopped by {requested}"
+                break
+            if self.global_step >= self.max_steps:
+                break
+        bar.close()
+        if stop == "completed" and self.batch_in_epoch >= sampler.num_batches():
+            self._end_epoch()
+        return stop
+
+    def _train_batch(self, batch: Any) -> tuple[dict, int, bool]:
+        """One micro-batch: hooks, forward, (automatic) backward and step."""
+        task = self.task
+        n_images = batch_size_of(batch) * self.world
+        batch = task.on_train_batch_start(to_device(batch, self.device), self.global_step)
+        with autocast_context(self.device, self.cfg.precision):
+            out = task.training_step(batch, self.opt)
+        if task.automatic_optimization:
+            name = next(iter(self.opt.optimizers))
+            self.opt.backward(out["loss"], name)
+            self.opt.step(name)
+        boundary = self.opt.at_boundary
+        self.opt.advance()
+        self.batch_in_epoch += 1
+        return out, n_images, boundary
+
+    def _after_step(self, out: dict, n_images: int, bar) -> None:
+        """After the micro-batch that completes an optimizer step: EMA, schedulers, logging,
+        evaluation, checkpoints."""
+        c = self.cfg
+        self.global_step += 1
+        updates = sum(self.opt.updates.values())
+        if self.ema is not None and updates > self._updates_seen:  # not after a skipped step
+            self.ema.update(self.task)
+        self._updates_seen = updates
+        self._step_schedulers("step")
+        dt, self._t0 = time.time() - self._t0, time.time()
+        if self.global_step % c.log_every_n_steps == 0 or self.global_step == 1:
+            logs = _scalars(out, "train/")
+            logs["train/images_per_s"] = n_images * c.accumulate_grad_batches / dt
+            logs["train/nonfinite_skipped"] = self.opt.nonfinite_total
+            for n, o in self.opt.optimizers.items():
+                logs[f"lr/{n}"] = o.param_groups[0]["lr"]
+            self.logger.log_metrics(logs, self.global_step, self.epoch)
+            bar.set_postfix(
+                loss=f"{logs.get('train/loss', float('nan')):.4f}",
+                img_s=f"{logs['train/images_per_s']:.1f}",
+            )
+        if c.eval_every_n_steps and self.global_step % c.eval_every_n_steps == 0:
+            self._after_eval(self.evaluate())
+        if c.checkpoint_every_n_steps and self.global_step % c.checkpoint_every_n_steps == 0:
+            self.save("last.ckpt")
+        if c.preempt_at_step == self.global_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _end_epoch(self) -> None:
+        self.task.on_train_epoch_end(self.epoch)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._step_schedulers("epoch")
+        if self.cfg.eval_every_n_epochs and self.epoch % self.cfg.eval_every_n_epochs == 0:
+            self._after_eval(self.evaluate())
 
     def summary(self, status: str) -> dict[str, Any]:
         return {

@@ -133,6 +133,8 @@ class MultiBoxLoss(nn.Module):
     the parts carry gradients).
     """
 
+    kind = "multibox"  # what model=retinaface accepts (its Task's `accepts`)
+
     def __init__(
         self,
         num_classes: int = 2,

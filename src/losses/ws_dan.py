@@ -71,6 +71,8 @@ class WSDANLoss(nn.Module):
     The owning task calls ``build(num_classes, feature_dim)`` at construction.
     """
 
+    kind = "ws_dan"  # what model=ws_dan accepts (its Task's `accepts`)
+
     def __init__(self, center_weight: float = 1.0, beta: float = 0.05):
         super().__init__()
         self.center_weight = float(center_weight)

@@ -1,10 +1,21 @@
 """The contract between the engine (src/engine) and a trainer (src/tasks/<name>.py).
 
 The engine owns: device, precision (autocast + GradScaler), DDP, the loop, gradient
-accumulation and clipping, NaN/inf skipping, checkpoints, resume, signals, logging.
-A Task owns: how its model, loss, data and metric meet. It never builds DataLoaders,
-never calls ``.backward()`` / ``optimizer.step()`` directly, and never reads the config tree:
-it is constructed from already-instantiated objects and plain values.
+accumulation and clipping, NaN/inf skipping, EMA of the weights, checkpoints, resume, signals,
+logging. A Task owns: how its networks, loss, data and metric meet. It never builds
+DataLoaders, never calls ``.backward()`` / ``optimizer.step()`` directly, and never reads the
+config tree: it is constructed from already-instantiated objects and plain values.
+
+Construction
+------------
+``conf/model/<name>.yaml`` has the Task as its ``_target_`` and its networks nested under it
+(``net:``, or ``generator:`` / ``discriminator:`` / ...); the rest of that file are the Task's
+options. The engine's entry point instantiates ``loss=`` and ``dataset=`` apart and calls
+``Task(loss=..., data=..., <networks>, **options)``. Compatibility is declared in Python:
+``accepts = {"loss": ("multibox",), "dataset": ("face_detection",)}`` on the Task class, and a
+``kind`` attribute on the loss class and on the dataset class or builder function; run.py
+checks a pick from the ``_target_``s before anything is built. An empty ``accepts`` entry
+accepts any kind.
 
 Data
 ----
@@ -18,7 +29,9 @@ samples (so augmentation is reproducible and resumable) and ``None`` for evaluat
 Optimisation
 ------------
 ``optimizer_groups()`` returns ``{name: params}``; the engine builds one optimizer (and one
-scheduler) per name from the ``optimizer`` / ``scheduler`` configs. Default: ``{"main": ...}``.
+scheduler) per name from the ``optimizer`` / ``scheduler`` configs, each of which may override
+any field for one group (``optimizer.groups.D.lr=4e-4``,
+``optimizer.groups.D._target_=torch.optim.RMSprop``). Default: ``{"main": ...}``.
 
 * Automatic optimisation (``automatic_optimization = True``, the default):
   ``training_step(batch, opt)`` returns a dict of scalar tensors with a ``"loss"`` key; the
@@ -26,43 +39,60 @@ scheduler) per name from the ``optimizer`` / ``scheduler`` configs. Default: ``{
 * Manual optimisation (GANs: ``automatic_optimization = False``): ``training_step`` calls
   ``opt.backward(loss, "D")`` then ``opt.step("D")``, then the same for ``"G"``, etc., and
   returns a dict of scalar tensors to log. ``opt`` (an ``src.engine.optim.Optimization``)
-  applies the same scaler / clipping / accumulation / NaN rules as the automatic path, so
-  there is one loop for every trainer.
+  applies the same scaler / clipping / accumulation / NaN rules as the automatic path; with
+  several optimizers each backward reaches only its own group's parameters. A critic stepped
+  n times per generator step steps on every batch and the generator on every n-th
+  (``opt.num_steps`` counts the steps done, and is restored on resume).
 
-DDP: the engine wraps the submodules named in ``ddp_modules`` (default ``("model",)``) in
-``DistributedDataParallel`` in place; ``evaluate`` / ``predict`` / ``visualize`` always see the
-unwrapped modules. ``state_dict()`` is saved without the DDP ``module.`` prefixes.
+Hooks (all optional; the engine calls them in this order)
+------------------------------------------------------------
+``on_train_epoch_start(epoch)``; per batch ``on_train_batch_start(batch, step) -> batch``
+(multi-scale resizing, warm-up; ``step`` = optimizer steps done so far);
+``on_after_optimizer_step(name)`` after every parameter update of optimizer ``name`` (weight
+clipping); ``on_train_epoch_end(epoch)``. EMA of the weights is the engine's
+(``trainer.ema_decay``), over ``ema_modules`` (default: ``ddp_modules``).
+
+DDP: the engine wraps each submodule named in ``ddp_modules`` (default ``("net",)``) in its own
+``DistributedDataParallel``, in place; ``evaluate`` / ``predict`` / ``visualize`` / ``export``
+always see the unwrapped modules, in eval mode (the engine sets it), under ``no_grad``.
+``state_dict()`` is saved without the DDP ``module.`` prefixes. ``unwrap(module)`` gives the
+plain module inside a training step.
 
 Evaluation and prediction
 -------------------------
-``evaluate(loader)`` runs under ``torch.no_grad()`` in eval mode and returns plain floats,
-keyed like ``"acc_top1"`` (the engine prefixes ``val/``). ``monitor`` names the metric (after
-prefixing) that picks the best checkpoint, ``monitor_mode`` is ``"max"`` or ``"min"``.
-``visualize(batch)`` returns ``{key: [(HxWx3 uint8 array, caption), ...]}`` for the logger.
-``predict(paths, out_dir)`` writes predictions (JSON + pictures) for image files.
+``evaluate(loader)`` returns plain floats, keyed like ``"acc_top1"`` (the engine prefixes
+``val/``). ``monitor`` names the metric (after prefixing) that picks the best checkpoint,
+``monitor_mode`` is ``"max"`` or ``"min"``. ``visualize(batch)`` returns
+``{key: [(HxWx3 uint8 array, caption), ...]}`` for the logger. ``predict(paths, out_dir)``
+writes predictions (JSON + pictures) for image files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import default_collate
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 class Task(nn.Module):
     automatic_optimization: bool = True
-    ddp_modules: tuple[str, ...] = ("model",)
+    accepts: ClassVar[dict[str, tuple[str, ...]]] = {}
+    ddp_modules: tuple[str, ...] = ("net",)
+    ema_modules: tuple[str, ...] | None = None  # None: the ddp_modules
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 
-    def __init__(self, model: nn.Module, loss: nn.Module | None, data: dict[str, Any]):
-        """Every Task is built as ``Task(model=..., loss=..., data=..., **options)`` from the
-        instantiated ``model`` / ``loss`` / ``dataset`` configs."""
+    def __init__(self, loss: nn.Module | None = None, data: dict[str, Any] | None = None):
         super().__init__()
-        self.model, self.loss, self.data = model, loss, data
+        self.loss, self.data = loss, dict(data or {})
 
     # ---- data -----------------------------------------------------------------------
     def datasets(self) -> dict[str, Any]:
@@ -78,6 +108,19 @@ class Task(nn.Module):
     def training_step(self, batch: Any, opt: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # ---- hooks ----------------------------------------------------------------------
+    def on_train_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_train_batch_start(self, batch: Any, step: int) -> Any:
+        return batch
+
+    def on_after_optimizer_step(self, name: str) -> None:
+        pass
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        pass
+
     # ---- evaluation / inference -----------------------------------------------------
     def evaluate(self, loader: Any) -> dict[str, float]:
         raise NotImplementedError
@@ -87,9 +130,6 @@ class Task(nn.Module):
 
     def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict yet")
-
-    def on_train_epoch_start(self, epoch: int) -> None:  # optional hook
-        pass
 
     def export(self, out_dir: Path) -> list[Path]:
         raise NotImplementedError(f"{type(self).__name__} does not support mode=export yet")

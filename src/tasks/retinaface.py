@@ -32,7 +32,7 @@ import torch
 from src.data.widerface import collate_faces
 from src.models.retinaface import BGR_MEAN
 from src.models.retinaface.detect import DetectConfig, detect
-from src.tasks.base import Task
+from src.tasks.base import Task, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,13 @@ def _key(path: str) -> tuple[str, str]:
 
 
 class RetinaFaceTask(Task):
+    accepts = {"loss": ("multibox",), "dataset": ("face_detection",)}
     monitor = "val/ap_easy"
     monitor_mode = "max"
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        net: torch.nn.Module,
         loss: torch.nn.Module,
         data: dict[str, Any],
         confidence_threshold: float = 0.02,
@@ -104,7 +105,8 @@ class RetinaFaceTask(Task):
         predict_size: int | None = None,
         export_size: Sequence[int] = (640, 640),
     ):
-        super().__init__(model, loss, data)
+        super().__init__(loss, data)
+        self.net = net
         variances = getattr(loss, "variances", (0.1, 0.2))
         self.detect_cfg = DetectConfig(
             confidence_threshold=float(confidence_threshold),
@@ -129,13 +131,14 @@ class RetinaFaceTask(Task):
 
     def priors(self, images: torch.Tensor) -> torch.Tensor:
         """Priors for the batch's (H, W), cached per size, device and dtype."""
-        net = getattr(self.model, "module", self.model)  # DDP wraps the model in training
-        return net.priors(tuple(images.shape[-2:]), device=images.device, dtype=torch.float32)
+        return unwrap(self.net).priors(
+            tuple(images.shape[-2:]), device=images.device, dtype=torch.float32
+        )
 
     # ---- training -------------------------------------------------------------------
     def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        loc, conf, landm = self.model(images)
+        loc, conf, landm = self.net(images)
         # the loss runs in float32 whatever the autocast precision of the network
         with torch.autocast(device_type=images.device.type, enabled=False):
             out = self.loss(
@@ -150,7 +153,7 @@ class RetinaFaceTask(Task):
 
     # ---- inference ------------------------------------------------------------------
     def detect_batch(self, images: torch.Tensor, scale: Any = 1.0) -> list[dict]:
-        loc, conf, landm = self.model(images)
+        loc, conf, landm = self.net(images)
         return detect(
             loc.float(),
             conf.float(),
@@ -200,11 +203,8 @@ class RetinaFaceTask(Task):
 
     @torch.no_grad()
     def visualize(self, batch: dict) -> dict[str, list]:
-        was_training = self.training
-        self.eval()
         images = batch["image"][: self.num_visualize]
         dets = self.detect_batch(images)
-        self.train(was_training)
         out = []
         for img, d in zip(images, dets):
             picture = draw_detections(
@@ -222,9 +222,7 @@ class RetinaFaceTask(Task):
     def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        device = next(self.model.parameters()).device
-        was_training = self.training
-        self.eval()
+        device = next(self.net.parameters()).device
         results, used = [], set()
         for path in paths:
             path = Path(path)
@@ -267,13 +265,12 @@ class RetinaFaceTask(Task):
                     ],
                 }
             )
-        self.train(was_training)
         return results
 
     def export(self, out_dir: Path) -> list[Path]:
         from src.models.retinaface.export import export_onnx
 
         path = export_onnx(
-            self.model, Path(out_dir) / "retinaface.onnx", sample_size=self.export_size
+            self.net, Path(out_dir) / "retinaface.onnx", sample_size=self.export_size
         )
         return [path]

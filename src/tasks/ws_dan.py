@@ -28,7 +28,7 @@ from src.data.cub import open_rgb
 from src.data.transforms import denormalize
 from src.metrics.accuracy import TopKAccuracy
 from src.models.ws_dan.augment import attention_crop, attention_drop, sample_attention_maps
-from src.tasks.base import Task
+from src.tasks.base import Task, unwrap
 
 
 def _theta(value: Any) -> float | tuple[float, float]:
@@ -60,12 +60,13 @@ def heatmap_overlay(image: np.ndarray, attention: torch.Tensor, alpha: float = 0
 
 
 class WSDANTask(Task):
+    accepts = {"loss": ("ws_dan",), "dataset": ("classification",)}
     monitor = "val/acc_top1"
     monitor_mode = "max"
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        net: torch.nn.Module,
         loss: torch.nn.Module,
         data: dict[str, Any],
         crop_theta: Sequence[float] | float = (0.4, 0.6),
@@ -76,7 +77,8 @@ class WSDANTask(Task):
         num_visualize: int = 4,
         picture_size: int = 256,
     ):
-        super().__init__(model, loss, data)
+        super().__init__(loss, data)
+        self.net = net
         self.crop_theta = _theta(crop_theta)
         self.crop_padding = float(crop_padding)
         self.drop_theta = _theta(drop_theta)
@@ -86,13 +88,13 @@ class WSDANTask(Task):
         self.picture_size = int(picture_size)
         for split, dataset in data.items():
             found = getattr(dataset, "num_classes", None)
-            if found is not None and int(found) != model.num_classes:
+            if found is not None and int(found) != net.num_classes:
                 raise ValueError(
                     f"WS-DAN: the {split} dataset has {found} classes but the model was built "
-                    f"for {model.num_classes} (model.num_classes / dataset.num_classes)"
+                    f"for {net.num_classes} (model.net.num_classes / dataset.num_classes)"
                 )
         # Centers get their final (num_classes, M * C) shape now, before any checkpoint loads.
-        self.loss.build(model.num_classes, model.feature_dim)
+        self.loss.build(net.num_classes, net.feature_dim)
 
     # ---- data -----------------------------------------------------------------------
     def class_names(self) -> list[str]:
@@ -100,7 +102,7 @@ class WSDANTask(Task):
             names = getattr(self.data.get(split), "class_names", None)
             if names:
                 return list(names)
-        return [str(k) for k in range(self.model.num_classes)]
+        return [str(k) for k in range(self.net.num_classes)]
 
     # ---- training -------------------------------------------------------------------
     def augment(self, images: torch.Tensor, attention_maps: torch.Tensor):
@@ -113,21 +115,17 @@ class WSDANTask(Task):
 
     def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
         images, labels = batch["image"], batch["label"]
-        logits_raw, feature_matrix, attention_maps = self.model(images)
+        logits_raw, feature_matrix, attention_maps = self.net(images)
         crops, drops = self.augment(images, attention_maps)
-        logits_crop = self.model(crops)[0]
-        logits_drop = self.model(drops)[0]
+        logits_crop = self.net(crops)[0]
+        logits_drop = self.net(drops)[0]
         return self.loss(logits_raw, logits_crop, logits_drop, feature_matrix, labels)
 
     # ---- evaluation -----------------------------------------------------------------
-    def _model(self) -> torch.nn.Module:
-        """The plain model, also while the engine has it wrapped in DDP."""
-        return getattr(self.model, "module", self.model)
-
     @torch.no_grad()
     def refine(self, images: torch.Tensor):
         """Test-time WS-DAN: ``(averaged logits, raw logits, mean attention map (B, h, w))``."""
-        model = self._model()
+        model = unwrap(self.net)
         logits_raw, _, attention_maps = model(images)
         mean_map = attention_maps.float().mean(dim=1, keepdim=True)
         crops = attention_crop(images, mean_map, self.eval_crop_theta, self.eval_crop_padding)
@@ -136,8 +134,6 @@ class WSDANTask(Task):
 
     @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, float]:
-        was_training = self.training
-        self.eval()
         refined, raw = TopKAccuracy((1, 5)), TopKAccuracy((1,))
         loss_sum, count = None, 0
         for batch in loader:
@@ -148,7 +144,6 @@ class WSDANTask(Task):
             batch_loss = F.cross_entropy(logits, labels, reduction="sum")
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
             count += int(labels.shape[0])
-        self.train(was_training)
         result = refined.compute()
         result["acc_top1_raw"] = raw.compute()["acc_top1"]
         result["loss"] = float(loss_sum) / count if count else float("nan")
@@ -157,14 +152,11 @@ class WSDANTask(Task):
     # ---- pictures -------------------------------------------------------------------
     @torch.no_grad()
     def visualize(self, batch: dict) -> dict[str, list]:
-        was_training = self.training
-        self.eval()
         images = batch["image"][: self.num_visualize]
         labels = batch["label"][: self.num_visualize]
         logits, _, mean_map = self.refine(images)
         crops = attention_crop(images, mean_map, _mid(self.crop_theta), self.crop_padding)
         drops = attention_drop(images, mean_map, _mid(self.drop_theta))
-        self.train(was_training)
         names = self.class_names()
         predicted = logits.argmax(dim=1).tolist()
         out: dict[str, list] = {"attention": [], "crops": [], "drops": []}
@@ -183,9 +175,7 @@ class WSDANTask(Task):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         names = self.class_names()
-        device = next(self._model().parameters()).device
-        was_training = self.training
-        self.eval()
+        device = next(unwrap(self.net).parameters()).device
         results, used = [], set()
         for path in paths:
             path = Path(path)
@@ -216,5 +206,4 @@ class WSDANTask(Task):
                     "attention_picture": str(picture),
                 }
             )
-        self.train(was_training)
         return results

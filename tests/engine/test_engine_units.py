@@ -147,7 +147,7 @@ class TwoOptimizerTask(ToyTask):
     """GAN-shaped: two optimizers stepped in turn by the task, through the engine's helper."""
 
     automatic_optimization = False
-    ddp_modules = ("model", "critic")
+    ddp_modules = ("net", "critic")
 
     def __init__(self, data):
         super().__init__(torch.nn.Linear(4, 3), torch.nn.CrossEntropyLoss(), data)
@@ -155,10 +155,10 @@ class TwoOptimizerTask(ToyTask):
         self.calls = []
 
     def optimizer_groups(self):
-        return {"D": list(self.critic.parameters()), "G": list(self.model.parameters())}
+        return {"D": list(self.critic.parameters()), "G": list(self.net.parameters())}
 
     def training_step(self, batch, opt):
-        fake = self.model(batch["x"])
+        fake = self.net(batch["x"])
         d_loss = self.critic(fake.detach()).mean() ** 2
         opt.backward(d_loss, "D")
         self.calls.append(("D", opt.step("D")))
@@ -182,7 +182,7 @@ def test_manual_optimisation_steps_several_optimizers_in_one_loop(tmp_path):
     )
     seed_everything(0)
     task = TwoOptimizerTask(data)
-    g0 = task.model.weight.detach().clone()
+    g0 = task.net.weight.detach().clone()
     d0 = task.critic.weight.detach().clone()
     opt = OmegaConf.create({"_target_": "torch.optim.Adam", "lr": 0.01})
     trainer = Trainer(task, cfg, tmp_path, RunLogger(tmp_path, None), seed=0, optimizer_cfg=opt)
@@ -190,7 +190,7 @@ def test_manual_optimisation_steps_several_optimizers_in_one_loop(tmp_path):
     assert summary["global_step"] == 4
     # accumulation 2: of the 8 micro-batches, every second one steps both optimizers, D first
     assert task.calls == [("D", False), ("G", False), ("D", True), ("G", True)] * 4
-    assert not torch.equal(g0, task.model.weight) and not torch.equal(d0, task.critic.weight)
+    assert not torch.equal(g0, task.net.weight) and not torch.equal(d0, task.critic.weight)
     ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
     assert set(ckpt["optim"]["optimizers"]) == {"D", "G"}
     assert ckpt["optim"]["optimizers"]["G"]["state"][0]["step"] == 4
@@ -249,7 +249,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
     def spy(batch, opt):
         out = step(batch, opt)
-        seen.append(trainer.task.model(batch["x"]).dtype)
+        seen.append(trainer.task.net(batch["x"]).dtype)
         return out
 
     trainer.task.training_step = spy
@@ -260,17 +260,17 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
 def test_load_weights_names_the_file_when_it_does_not_fit(tmp_path):
     trainer = _trainer(tmp_path, blobs_splits(), max_epochs=1)
-    state = {f"model.{k}": v for k, v in ToyNet(hidden=8).state_dict().items()}
+    state = {f"net.{k}": v for k, v in ToyNet(hidden=8).state_dict().items()}
     wrong_shape = tmp_path / "narrow.ckpt"
     save_atomic({"task": state}, wrong_shape)
     with pytest.raises(CheckpointError, match="narrow.ckpt does not fit this model"):
         trainer.load_weights(wrong_shape)
     other = tmp_path / "other.ckpt"
-    save_atomic({"task": {"model.head.weight": torch.zeros(1)}}, other)
+    save_atomic({"task": {"net.head.weight": torch.zeros(1)}}, other)
     with pytest.raises(CheckpointError, match="other.ckpt does not fit.*unexpected"):
         trainer.load_weights(other)
     # loss state may differ (e.g. WS-DAN centers trained with loss=center, evaluated with ce)
-    good = {f"model.{k}": v for k, v in trainer.task.model.state_dict().items()}
+    good = {f"net.{k}": v for k, v in trainer.task.net.state_dict().items()}
     good["loss.center.centers"] = torch.zeros(3, 4)
     ok = tmp_path / "ok.ckpt"
     save_atomic({"task": good}, ok)

@@ -40,7 +40,7 @@ def task(data_dir, tmp_path_factory):
             "dataset=synthetic_faces",
             f"paths.data_dir={data_dir}",
             f"paths.output_dir={out}",
-            "model._task_.save_predictions=true",
+            "model.save_predictions=true",
             *SMALL,
         ]
     )
@@ -72,7 +72,7 @@ def _batches(task, split, n, bs=3, rng=None):
                 "optimizer.weight_decay": 5e-4,
                 "scheduler.milestones": [190, 220],
                 "scheduler.gamma": 0.1,
-                "model.backbone": "mobilenet0.25",
+                "model.net.backbone": "mobilenet0.25",
             },
         ),
         (
@@ -83,10 +83,10 @@ def _batches(task, split, n, bs=3, rng=None):
                 "trainer.max_epochs": 100,
                 "optimizer.weight_decay": 5e-4,
                 "scheduler.milestones": [70, 90],
-                "model.backbone": "resnet50",
+                "model.net.backbone": "resnet50",
             },
         ),
-        ("retinaface_synthetic", {"dataset._kind_": "face_detection", "optimizer.lr": 2e-3}),
+        ("retinaface_synthetic", {"dataset._target_": "src.data.synthetic_faces.synthetic_faces_splits", "optimizer.lr": 2e-3}),
     ],
 )
 def test_recipes_compose(experiment, expect):
@@ -94,7 +94,7 @@ def test_recipes_compose(experiment, expect):
     for key, value in expect.items():
         assert OmegaConf.select(cfg, key) == value, key
     assert cfg.loss._target_ == "src.losses.multibox.MultiBoxLoss"
-    assert cfg.model._task_._target_ == "src.tasks.retinaface.RetinaFaceTask"
+    assert cfg.model._target_ == "src.tasks.retinaface.RetinaFaceTask"
     assert cfg.loss.reference_matching is False
 
 
@@ -106,9 +106,9 @@ def test_training_step(task):
     assert set(out) >= {"loss", "loc", "cls", "landm", "num_pos"}
     assert torch.isfinite(out["loss"]) and float(out["num_pos"]) > 0
     out["loss"].backward()
-    grads = [p.grad for p in task.model.parameters() if p.grad is not None]
+    grads = [p.grad for p in task.net.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    task.model.zero_grad(set_to_none=True)
+    task.net.zero_grad(set_to_none=True)
 
 
 def test_evaluate_writes_official_predictions_that_score_the_same(task):
@@ -160,7 +160,7 @@ def test_export_onnx_dynamic_size(task, tmp_path):
     for h, w in [(64, 64), (96, 128)]:
         x = torch.randn(1, 3, h, w) * 50
         with torch.no_grad():
-            ref = task.model(x)
+            ref = task.net(x)
         got = sess.run(None, {"images": x.numpy()})
         for a, b in zip(got, ref):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-3, atol=1e-3)
@@ -192,9 +192,8 @@ def test_cli_train_and_eval(data_dir, tmp_path):
 def test_cli_rejects_a_wrong_loss(data_dir, tmp_path):
     r = run_cli(
         "model=retinaface",
-        "loss=multibox",
+        "loss=center",
         "dataset=synthetic_faces",
-        "loss._kind_=center",
         "logger=none",
         f"paths.data_dir={data_dir}",
         f"hydra.run.dir={tmp_path}",
@@ -258,14 +257,14 @@ def test_evaluate_maps_detections_back_to_original_pixels(tmp_path, eval_size):
         ]
     )
     task = build_task(cfg)
-    task.model = _OracleNet()
+    task.net = _OracleNet()
     batches = _batches(task, "val", 12)
     gt = task.datasets()["val"].widerface_gt()
     assert sum(len(k) for k in gt.keep["easy"]) > 0
 
     def loader():
         for b in batches:
-            task.model.batch = b
+            task.net.batch = b
             yield b
 
     with torch.no_grad():

@@ -53,6 +53,9 @@ def blobs_splits(
     return {"train": train, "val": val}
 
 
+blobs_splits.kind = "toy"
+
+
 class ToyNet(nn.Module):
     def __init__(self, dim: int = 4, num_classes: int = 3, hidden: int = 16, dropout: float = 0.1):
         super().__init__()
@@ -69,11 +72,16 @@ class ToyNet(nn.Module):
 
 
 class ToyTask(Task):
+    accepts = {"dataset": ("toy",)}
     monitor = "val/acc"
     monitor_mode = "max"
 
+    def __init__(self, net, loss, data):
+        super().__init__(loss, data)
+        self.net = net
+
     def training_step(self, batch, opt):
-        logits = self.model(batch["x"])
+        logits = self.net(batch["x"])
         loss = self.loss(logits, batch["label"])
         return {"loss": loss, "ce": loss.detach()}
 
@@ -81,7 +89,7 @@ class ToyTask(Task):
         correct = total = 0
         loss_sum = 0.0
         for batch in loader:
-            logits = self.model(batch["x"])
+            logits = self.net(batch["x"])
             loss_sum += float(self.loss(logits, batch["label"])) * len(logits)
             correct += int((logits.argmax(1) == batch["label"]).sum())
             total += len(logits)

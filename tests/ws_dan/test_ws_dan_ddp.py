@@ -34,7 +34,7 @@ def worker(rank, init_file, out_dir):
         torch.manual_seed(0)
         model = WSDAN(3, backbone="resnet18", feature_index=1, num_attentions=2)
         task = WSDANTask(model, WSDANLoss(), {}).train()
-        task.model = torch.nn.parallel.DistributedDataParallel(task.model)
+        task.net = torch.nn.parallel.DistributedDataParallel(task.net)
         g = torch.Generator().manual_seed(100 + rank)
         batch = {"image": torch.randn(4, 3, 32, 32, generator=g), "label": LABELS[rank] % 3}
         torch.manual_seed(rank)  # different crops/drops per rank
@@ -43,7 +43,7 @@ def worker(rank, init_file, out_dir):
             {
                 "centers": crit.centers,
                 "task_centers": task.loss.center.centers,
-                "fc_grad": task.model.module.fc.weight.grad,
+                "fc_grad": task.net.module.fc.weight.grad,
             },
             f"{out_dir}/rank{rank}.pt",
         )

@@ -50,8 +50,8 @@ def test_training_step_contract(data):
     )
     assert task.loss.center.centers.abs().sum() > 0  # updated by the step
     out["loss"].backward()
-    assert task.model.fc.weight.grad.abs().sum() > 0
-    assert task.model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert task.net.fc.weight.grad.abs().sum() > 0
+    assert task.net.backbone.conv1.weight.grad.abs().sum() > 0
     assert not any(b.requires_grad for b in task.buffers())
 
 
@@ -70,7 +70,7 @@ def test_training_step_randomness_is_torch_global_rng(data):
 def test_centers_have_final_shape_before_any_step(data):
     task = make_task(data)
     shape = task.state_dict()["loss.center.centers"].shape
-    assert shape == (6, task.model.feature_dim) == (6, 4 * 128)
+    assert shape == (6, task.net.feature_dim) == (6, 4 * 128)
     trained = make_task(data, seed=1).train()
     trained.training_step(batch_of(data["train"], range(4)), None)
     task.load_state_dict(trained.state_dict())  # e.g. resume before the first step
@@ -90,8 +90,9 @@ def test_evaluate_matches_per_sample_loop(data):
     task.training_step(batch_of(data["train"], range(6), rng_seed=3), None)  # BN stats move
     val = data["val"]
     loader = [batch_of(val, range(0, 4)), batch_of(val, range(4, 6))]
-    got = task.evaluate(loader)
-    assert task.training  # mode restored
+    task.eval()  # the engine evaluates in eval mode (Task contract)
+    with torch.no_grad():
+        got = task.evaluate(loader)
     assert set(got) == {"acc_top1", "acc_top5", "acc_top1_raw", "loss"}
     assert all(isinstance(v, float) for v in got.values())
     task.eval()
@@ -101,9 +102,9 @@ def test_evaluate_matches_per_sample_loop(data):
         for i in range(len(val)):
             sample = val.load(i, None)
             x, y = sample["image"][None], int(sample["label"])
-            raw, _, maps = task.model(x)
+            raw, _, maps = task.net(x)
             crop, _ = crop_loop(x, maps.mean(1, keepdim=True), [0.1], 0.05)
-            logits = ((raw + task.model(crop)[0]) / 2)[0].double()
+            logits = ((raw + task.net(crop)[0]) / 2)[0].double()
             order = logits.argsort(descending=True).tolist()
             hits1 += order[0] == y
             hits5 += y in order[:5]
