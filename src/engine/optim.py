@@ -6,9 +6,10 @@ calls it with ``"main"``); manual Tasks (GANs) call it for each of their optimiz
 
 Per-group configuration: a Task names its optimizer groups (``Task.optimizer_groups()``); the
 ``optimizer`` and ``scheduler`` configs apply to every group, and ``<cfg>.groups.<name>``
-overrides any field for one group. A group that changes ``_target_`` keeps only the base fields
-its new class accepts (``optimizer.groups.D._target_=torch.optim.RMSprop`` drops SGD's
-``momentum`` unless the group sets it again); every field a group sets itself must be accepted.
+overrides any field for one group. A group that changes ``_target_`` starts from that class's
+defaults and keeps only the base ``lr`` (``optimizer=adam optimizer.groups.D._target_=
+torch.optim.RMSprop`` gives D RMSprop's own alpha, eps and momentum at Adam's lr); every field
+a group sets must be one its class takes.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def _accepted(target: str) -> set[str] | None:
 
 
 def group_configs(cfg: DictConfig | dict | None, names: Iterable[str], what: str) -> dict:
-    """``{group: plain config dict}``: the base config with ``groups.<group>`` merged in."""
+    """``{group: plain config dict}``: the base config with ``groups.<group>`` merged in. A
+    group that names another ``_target_`` starts afresh from that class's defaults and keeps
+    only the base ``lr`` (and, for schedulers, ``interval``)."""
     names = list(names)
     if cfg is None:
         return {n: {} for n in names}
-    base = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    base = dict(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     overrides = base.pop("groups", None) or {}
     unknown = sorted(set(overrides) - set(names))
     if unknown:
@@ -53,25 +56,23 @@ def group_configs(cfg: DictConfig | dict | None, names: Iterable[str], what: str
     for name in names:
         own = dict(overrides.get(name) or {})
         merged = dict(base)
-        target = own.get("_target_")
-        if target and target != base.get("_target_"):
-            accepted = _accepted(target)
-            if accepted is not None:
-                merged = {k: v for k, v in merged.items() if k.startswith("_") or k in accepted}
+        if own.get("_target_") and own["_target_"] != base.get("_target_"):
+            merged = {k: v for k, v in base.items() if k in ("lr", "interval")}
         merged.update(own)
-        target = merged.get("_target_")
-        if target and own:
-            accepted = _accepted(target)
-            bad = sorted(
+        if own and merged.get("_target_"):
+            accepted = _accepted(merged["_target_"])
+            bad = [
                 k
                 for k in own
-                if not k.startswith("_")
-                and accepted is not None
-                and k not in accepted
+                if accepted is not None
+                and not k.startswith("_")
                 and k != "interval"
-            )
+                and k not in accepted
+            ]
             if bad:
-                raise UserError(f"{what}.groups.{name}.{bad[0]}: {target} takes no such argument")
+                raise UserError(
+                    f"{what}.groups.{name}.{bad[0]}: {merged['_target_']} takes no such argument"
+                )
         out[name] = merged
     return out
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from src.data.base import SampleDataset
-from src.tasks.base import Task
+from src.tasks.base import Task, unwrap
 
 
 class Blobs(SampleDataset):
@@ -105,3 +105,97 @@ class ToyTask(Task):
             (Path(out_dir) / (Path(p).stem + ".json")).write_text(json.dumps({"path": str(p)}))
             out.append({"path": str(p), "label": 0})
         return out
+
+
+# ---- a GAN-shaped toy: two networks, two optimizers, a critic stepped n times per generator step
+class ToyGenerator(nn.Module):
+    def __init__(self, noise_dim: int = 2, dim: int = 4, hidden: int = 16):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.body = nn.Sequential(nn.Linear(noise_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, z):
+        return self.body(z)
+
+
+class ToyCritic(nn.Module):
+    def __init__(self, dim: int = 4, hidden: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.body(x)[:, 0]
+
+
+class ToyWGANLoss(nn.Module):
+    """Wasserstein critic and generator losses (Arjovsky et al. 2017)."""
+
+    kind = "toy_gan"
+
+    def critic(self, real_scores, fake_scores):
+        return fake_scores.mean() - real_scores.mean()
+
+    def generator(self, fake_scores):
+        return -fake_scores.mean()
+
+
+class ToyGANTask(Task):
+    """WGAN-shaped: the critic steps on every batch and clips its weights after each of its
+    optimizer steps (``on_after_optimizer_step``); the generator steps on every n-th batch."""
+
+    automatic_optimization = False
+    accepts = {"loss": ("toy_gan",), "dataset": ("toy",)}
+    ddp_modules = ("generator", "critic")
+    ema_modules = ("generator",)
+    monitor = "val/mean_gap"
+    monitor_mode = "min"
+
+    def __init__(self, generator, critic, loss, data, n_critic: int = 5, clip_value: float = 0.01):
+        super().__init__(loss, data)
+        self.generator, self.critic = generator, critic
+        self.n_critic, self.clip_value = int(n_critic), float(clip_value)
+
+    def optimizer_groups(self):
+        return {"G": list(self.generator.parameters()), "D": list(self.critic.parameters())}
+
+    def _noise(self, n, device):
+        return torch.randn(n, unwrap(self.generator).noise_dim, device=device)
+
+    def training_step(self, batch, opt):
+        real = batch["x"]
+        with torch.no_grad():
+            fake = self.generator(self._noise(len(real), real.device))
+        # one critic forward over real and fake (DDP: one forward per backward)
+        scores = self.critic(torch.cat([real, fake]))
+        d_loss = self.loss.critic(scores[: len(real)], scores[len(real) :])
+        opt.backward(d_loss, "D")
+        opt.step("D")
+        out = {
+            "d_loss": d_loss.detach(),
+            "ddp_wrapped": float(
+                sum(
+                    isinstance(getattr(self, n), nn.parallel.DistributedDataParallel)
+                    for n in self.ddp_modules
+                )
+            ),
+        }
+        if (opt.num_steps + 1) % self.n_critic == 0:
+            fake = self.generator(self._noise(len(real), real.device))
+            g_loss = self.loss.generator(unwrap(self.critic)(fake))
+            opt.backward(g_loss, "G")
+            opt.step("G")
+            out["g_loss"] = g_loss.detach()
+        return out
+
+    def on_after_optimizer_step(self, name):
+        if name == "D":
+            with torch.no_grad():
+                for p in self.critic.parameters():
+                    p.clamp_(-self.clip_value, self.clip_value)
+
+    def evaluate(self, loader):
+        real = torch.cat([b["x"] for b in loader])
+        fake = self.generator(self._noise(len(real), real.device))
+        gap = (real.mean(0) - fake.mean(0)).norm()
+        w = self.critic(real).mean() - self.critic(fake).mean()
+        return {"mean_gap": float(gap), "w_distance": float(w)}
