@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.losses.multibox import MultiBoxLoss  # noqa: E402
 from src.models.retinaface import prior_boxes  # noqa: E402
 from src.models.retinaface.detect import DetectConfig, detect  # noqa: E402
+from src.models.retinaface.priors import anchor_grid  # noqa: E402
 from tests.retinaface import reference as R  # noqa: E402
 
 
@@ -100,7 +101,9 @@ def bench_loss(batch: int, size: int, faces: int, repeat: int) -> list[tuple]:
         ),
         (
             "ours, windowed (CPU default)",
-            lambda: MultiBoxLoss()(preds, priors, boxes, labels, landms, image_size=(size, size)),
+            lambda: MultiBoxLoss()(
+                preds, priors, boxes, labels, landms, grid=anchor_grid((size, size))
+            ),
         ),
     ]
     results = timeit_all([run(fn) for _, fn in cases], repeat)

@@ -9,9 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
-
 from hydra.utils import get_object
+from omegaconf import OmegaConf
 
 from src.app import CONF_DIR, check_compatibility, kind_of
 from src.config import register_configs

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from src.utils.errors import UserError
+
 
 class SampleDataset(Dataset):
     def __len__(self) -> int:
@@ -23,5 +25,5 @@ class SampleDataset(Dataset):
         return self.load(index, None)
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A user-fixable data problem; the message names the file and what to do."""

@@ -152,7 +152,7 @@ def _write_split(tmp: Path, split: str, split_id: int, n: int, seed: int, image_
 
 
 def _write_val_gt(tmp: Path, records) -> None:
-    from src.metrics.widerface import WiderFaceGT
+    from src.data.widerface_gt import WiderFaceGT
 
     lines = []
     for _, _, rel, boxes in records:

@@ -285,13 +285,13 @@ class WiderFaceDataset(SampleDataset):
 
     # evaluation helpers
     def keys(self) -> list[tuple[str, str]]:
-        """``(event, name)`` per sample, the keys of ``src.metrics.widerface``."""
+        """``(event, name)`` per sample, the keys of ``src.data.widerface_gt.WiderFaceGT``."""
         return [(r.event, r.name) for r in self.records]
 
     def widerface_gt(self):
         """The ground truth for ``evaluate_widerface``: the official .mat files when ``gt_dir``
         has them, else built from the records (settings by face size, see ``from_records``)."""
-        from src.metrics.widerface import GT_FILES, WiderFaceGT, load_widerface_gt
+        from src.data.widerface_gt import GT_FILES, WiderFaceGT, load_widerface_gt
 
         if self.gt_dir is not None and all((self.gt_dir / f).is_file()
                                            for f in GT_FILES.values()):

@@ -1,6 +1,8 @@
 """Checkpoints: atomic writes (temp file + os.replace) and ``weights_only=True`` loads.
 
-A checkpoint is a plain dict of tensors, numbers, strings and containers:
+Files are read by ``src.utils.weights_file.load_file`` (the one reader of weights files: a
+missing or unreadable file is one line naming it). A checkpoint is a plain dict of tensors,
+numbers, strings and containers:
 ``{"task": state_dict, "optim": ..., "schedulers": ..., "rng": ..., "progress": ..., "best":
 ..., "config": yaml string}`` — everything needed to continue exactly where the run stopped.
 """
@@ -15,9 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from src.utils.errors import UserError
+from src.utils.weights_file import load_file
 
-class CheckpointError(RuntimeError):
-    pass
+
+class CheckpointError(UserError):
+    """A checkpoint that does not fit the model (a missing or unreadable file raises
+    ``src.utils.weights_file.WeightsFileError``)."""
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -27,6 +33,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: teammates read checkpoints too
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -38,19 +45,38 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def nonfinite_entries(state: Any, prefix: str = "") -> list[str]:
+    """Keys of the floating-point tensors holding NaN or inf anywhere in a (nested) state."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix or "tensor"] if bad else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [
+        k
+        for key, v in items
+        for k in nonfinite_entries(v, f"{prefix}.{key}" if prefix else str(key))
+    ]
+
+
 # numpy RNG state holds an ndarray and a dtype: allow exactly those for weights_only loads
 _SAFE_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]  # type: ignore[attr-defined]
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (check ckpt_path=...)")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or unsafe content
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    """The checkpoint dict in ``path`` (``weights_only=True``, numpy RNG states allowed); a
+    missing or unreadable file raises ``src.utils.weights_file``'s one-line errors."""
+    return load_file(path, "checkpoint", "check ckpt_path=...", map_location, _SAFE_GLOBALS)
 
 
 def task_weights(ckpt: dict) -> dict:

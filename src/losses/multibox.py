@@ -33,22 +33,22 @@ which for two classes is the softmax focal loss, over all priors, normalised by 
 
 One matching, on the IoU of the priors that can matter (``assignment``): ``dense`` takes all of
 them (``BBoxBatchIOU``, no host synchronisation: the GPU path); ``windowed`` (``auto`` on CPU)
-takes the rows of a ``SparseIOU`` (``src.nn.sparse``) of the prior grid
-(``SparseIOU.from_grid(anchor_grid(...), boxes, floor=overlap_thresh, k=1,
-k_floor=ignore_thresh)``: the priors with an IoU >= ``overlap_thresh`` with some face, found
-from ``AnchorGrid`` windows, and each face's best priors, with their exact IoU against every
-face of the image: a few hundred priors per image instead of 16,800 at 640 px) and scatters the
-result back to all priors. Why that is exact (in fixed matching): every prior with a threshold
-match is a row, with its exact IoU against every face, so ``MaximumMatcher`` gives the same
-best face (first on ties); ``k=1`` keeps each face's best priors where their IoU is >=
-``ignore_thresh``, ties included, in ascending prior order, so whether a face is ignored and a
-kept face's first best prior are exact; a face without such a prior reports a best IoU below
-``ignore_thresh`` and is ignored (the thresholds must be > 0, else dense).
-``reference_matching`` always runs dense (an ignored face forces its best prior even at IoU 0:
-prior 0, which no sparse structure knows). The windowed path then regresses boxes and
-landmarks of the positives only (found from the ``(B, P)`` matches) and mines negatives with one
-sorted ``topk`` of the logit difference. Same matches, losses and gradients (tests check it);
-about 8x faster than the reference's per-image loop at batch 32 / 640 px
+takes the rows of a ``SparseIOU`` (``src.nn.sparse``) of the prior grid the caller passes
+(``grid``, the ``src.nn.AnchorGrid`` whose anchors are the priors; ``SparseIOU.from_grid(grid,
+boxes, floor=overlap_thresh, k=1, k_floor=ignore_thresh)``: the priors with an IoU >=
+``overlap_thresh`` with some face, found from ``AnchorGrid`` windows, and each face's best
+priors, with their exact IoU against every face of the image: a few hundred priors per image
+instead of 16,800 at 640 px) and scatters the result back to all priors. Why that is exact (in
+fixed matching): every prior with a threshold match is a row, with its exact IoU against every
+face, so ``MaximumMatcher`` gives the same best face (first on ties); ``k=1`` keeps each face's
+best priors where their IoU is >= ``ignore_thresh``, ties included, in ascending prior order, so
+whether a face is ignored and a kept face's first best prior are exact; a face without such a
+prior reports a best IoU below ``ignore_thresh`` and is ignored (the thresholds must be > 0,
+else dense). ``reference_matching`` always runs dense (an ignored face forces its best prior
+even at IoU 0: prior 0, which no sparse structure knows). The windowed path then regresses boxes
+and landmarks of the positives only (found from the ``(B, P)`` matches) and mines negatives with
+one sorted ``topk`` of the logit difference. Same matches, losses and gradients (tests check
+it); about 8x faster than the reference's per-image loop at batch 32 / 640 px
 (``benchmarks/retinaface.py``), where the dense path is no faster than the loop on CPU.
 
 The SSD/RetinaFace "each ground truth keeps its best anchor" rule is
@@ -65,7 +65,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.models.retinaface.priors import MIN_SIZES, STEPS, anchor_grid, num_priors, prior_boxes
 from src.nn import (
     BBoxBatchIOU,
     HardNegativeSampler,
@@ -74,6 +73,7 @@ from src.nn import (
     NormalizedLandmarkCenterEncoder,
     force_best_anchors,
 )
+from src.nn.anchor import AnchorGrid, anchor_boxes
 from src.nn.bbox import center_to_corner, is_padding
 from src.nn.coder import gather_matched
 from src.nn.sparse import SparseIOU
@@ -118,17 +118,18 @@ class MultiBoxLoss(nn.Module):
         assignment: ``dense`` computes the IoU of every prior with every face (no host
             synchronisation; the GPU path); ``windowed`` only that of the priors that can
             matter (a ``SparseIOU`` of the prior grid: exact, much less work, a few host
-            syncs for sizes); ``auto`` = windowed on CPU when ``image_size`` is given and the
-            priors are the grid of ``min_sizes`` / ``steps``, else dense. ``reference_matching``
+            syncs for sizes); ``auto`` = windowed on CPU when ``grid`` is given and the priors
+            are its anchors, else dense. ``reference_matching``
             and thresholds <= 0 always run dense (a face's best prior may then have IoU 0).
 
-    ``forward(predictions, priors, boxes, labels, landmarks, image_size=None)``:
+    ``forward(predictions, priors, boxes, labels, landmarks, grid=None)``:
         predictions: ``(loc (B, P, 4), conf (B, P, 2) logits, landm (B, P, 10))``;
         priors: ``(P, 4)`` normalised ``cxcywh``;
         boxes: ``(B, M, 4)`` normalised corners, padding rows all -1;
         labels: ``(B, M)`` 1 (face with landmarks) or -1 (face without landmarks);
         landmarks: ``(B, M, 10)`` normalised ``x, y`` of five points;
-        image_size: the (H, W) the priors were made for (enables ``windowed`` assignment).
+        grid: the ``AnchorGrid`` whose ``center`` anchors are ``priors`` (the model's
+            ``anchor_grid(image_size)``; enables ``windowed`` assignment).
     Returns ``{"loss", "loc", "cls", "landm", "num_pos"}`` (0-dim tensors; only ``loss`` and
     the parts carry gradients).
     """
@@ -153,8 +154,6 @@ class MultiBoxLoss(nn.Module):
         wing_eps: float = 2.0,
         reference_matching: bool = False,
         assignment: str = "auto",
-        min_sizes: Sequence[Sequence[int]] = MIN_SIZES,
-        steps: Sequence[int] = STEPS,
     ):
         super().__init__()
         if num_classes != 2:
@@ -175,8 +174,6 @@ class MultiBoxLoss(nn.Module):
             )
         v0, v1 = (float(v) for v in variances)
         self.assignment = assignment
-        self.min_sizes = tuple(tuple(int(x) for x in m) for m in min_sizes)
-        self.steps = tuple(int(x) for x in steps)
         self.overlap_thresh = float(overlap_thresh)
         self.ignore_thresh = float(ignore_thresh)
         self.neg_pos_ratio = float(neg_pos_ratio)
@@ -199,13 +196,11 @@ class MultiBoxLoss(nn.Module):
 
     # ---- target assignment -----------------------------------------------------------
     @torch.no_grad()
-    def match(
-        self, priors: Tensor, boxes: Tensor, image_size: tuple[int, int] | None = None
-    ) -> Tensor:
+    def match(self, priors: Tensor, boxes: Tensor, grid: AnchorGrid | None = None) -> Tensor:
         """``(B, P)`` index of the face each prior is assigned to, -1 for background.
 
         One matching (``_match_rows``) on the IoU of the priors that can matter: all of them
-        (``BBoxBatchIOU``, dense), or, when ``image_size`` is given and the assignment is
+        (``BBoxBatchIOU``, dense), or, when ``grid`` is given and the assignment is
         windowed (see ``assignment``), the rows of a ``SparseIOU`` of the prior grid, scattered
         back to all priors (the others are background); the same result either way."""
         bsz, p = boxes.shape[0], priors.shape[0]
@@ -213,9 +208,8 @@ class MultiBoxLoss(nn.Module):
             return torch.full((bsz, p), -1, dtype=torch.long, device=boxes.device)
         anchors = center_to_corner(priors.to(boxes.dtype))
         pad = is_padding(boxes)  # (B, M)
-        if not self._windowed(priors, image_size, boxes.device):
+        if not self._windowed(priors, grid, boxes.device):
             return self._match_rows(self.iou(anchors, boxes), pad)  # (B, P, M), -1 padding
-        grid = anchor_grid(tuple(image_size), self.min_sizes, self.steps)
         # k=1: each face's best priors (ties included) with exact IoU where that IoU is >=
         # ignore_thresh (k_floor: the others are ignored, reported below it); floor: every pair
         # with IoU >= overlap_thresh, in rows exact against every face (see _floor)
@@ -269,14 +263,14 @@ class MultiBoxLoss(nn.Module):
         boxes: Tensor,
         labels: Tensor,
         landmarks: Tensor,
-        image_size: tuple[int, int] | None = None,
+        grid: AnchorGrid | None = None,
     ) -> MultiBoxTargets:
         """Matches and encoded targets for a batch (see ``forward`` for the shapes)."""
         if boxes.shape[1] == 0:  # no face in the whole batch: one padding row keeps shapes
             boxes = boxes.new_full((boxes.shape[0], 1, 4), -1.0)
             labels = labels.new_full((labels.shape[0], 1), -1)
             landmarks = landmarks.new_full((landmarks.shape[0], 1, 10), -1.0)
-        matches = self.match(priors, boxes, image_size)
+        matches = self.match(priors, boxes, grid)
         samples = (matches >= 0).to(boxes.dtype)
         anchors = center_to_corner(priors.to(boxes.dtype))
         loc_t, _ = self.box_encoder(samples, matches, anchors, boxes)
@@ -289,11 +283,11 @@ class MultiBoxLoss(nn.Module):
         return MultiBoxTargets(matches, loc_t, landm_t, landm_mask)
 
     # ---- windowed assignment ------------------------------------------------------------
-    def _windowed(self, priors: Tensor, image_size, device: torch.device) -> bool:
+    def _windowed(self, priors: Tensor, grid: AnchorGrid | None, device: torch.device) -> bool:
         """Whether to assign on a ``SparseIOU`` of the prior grid. Never with
         ``reference_matching`` (an ignored face forces its best prior even at IoU 0: prior 0)
         nor with a threshold <= 0 (a face with no overlap at all would then count)."""
-        if self.reference_matching or image_size is None or self.assignment == "dense":
+        if self.reference_matching or grid is None or self.assignment == "dense":
             return False
         if self._floor <= 0:
             if self.assignment == "windowed":
@@ -303,17 +297,15 @@ class MultiBoxLoss(nn.Module):
                     f"{self.overlap_thresh}"
                 )
             return False
-        fits = priors.shape[0] == num_priors(tuple(image_size), self.min_sizes, self.steps)
-        if fits:  # the same grid (cached tensors: usually the very same object)
-            grid = prior_boxes(
-                tuple(image_size), self.min_sizes, self.steps, False, priors.device, priors.dtype
-            )
-            fits = grid is priors or torch.equal(grid, priors)
+        fits = priors.shape[0] == grid.num_anchors
+        if fits:  # the grid's anchors (cached tensors: usually the very same object)
+            ref = anchor_boxes(grid, "center", False, priors.device, priors.dtype)
+            fits = ref is priors or torch.equal(ref, priors)
         if self.assignment == "windowed":
             if not fits:
                 raise ValueError(
-                    f"MultiBoxLoss: assignment=windowed needs the priors of "
-                    f"image_size={tuple(image_size)} (min_sizes/steps of the loss)"
+                    f"MultiBoxLoss: assignment=windowed needs priors that are the center "
+                    f"anchors of the grid, got {priors.shape[0]} priors for {grid!r}"
                 )
             return True
         return fits and device.type == "cpu"
@@ -364,7 +356,7 @@ class MultiBoxLoss(nn.Module):
         boxes: Tensor,
         labels: Tensor,
         landmarks: Tensor,
-        image_size: tuple[int, int] | None = None,
+        grid: AnchorGrid | None = None,
     ) -> dict[str, Tensor]:
         loc, conf, landm = predictions
         boxes, landmarks = boxes.to(loc.dtype), landmarks.to(loc.dtype)
@@ -373,9 +365,9 @@ class MultiBoxLoss(nn.Module):
             boxes = boxes.new_full((bsz, 1, 4), -1.0)
             labels = labels.new_full((bsz, 1), -1)
             landmarks = landmarks.new_full((bsz, 1, 10), -1.0)
-        windowed = self._windowed(priors, image_size, loc.device)
+        windowed = self._windowed(priors, grid, loc.device)
         if windowed:
-            matches = self.match(priors, boxes, image_size)
+            matches = self.match(priors, boxes, grid)
             pos = matches >= 0  # (B, P)
             with torch.no_grad():  # the positives: flat prior keys b * P + p and their faces
                 key = pos.reshape(-1).nonzero().squeeze(1)

@@ -7,7 +7,7 @@ On CPU, ``SparseIOU.from_grid(AnchorGrid(...), boxes, floor)`` stands in for the
 anchor grid (exact; see ``src/nn/README.md``).
 """
 
-from .anchor import AnchorGrid
+from .anchor import AnchorGrid, anchor_boxes
 from .bbox import (
     BBoxArea,
     BBoxBatchIOU,
@@ -72,6 +72,7 @@ __all__ = [
     "QuotaSampler",
     "SigmoidClassEncoder",
     "SparseIOU",
+    "anchor_boxes",
     "bipartite_matching",
     "box_nms",
     "select_top_k",

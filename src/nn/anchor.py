@@ -13,18 +13,10 @@ ground truth instead of all N (16,800 at 640 px for RetinaFace). Computing the I
 pairs only (``src.ops.box_iou``) and reducing with ``scatter_reduce`` gives exactly the
 maxima / threshold matches of the dense path at a fraction of the cost on CPU.
 
-Why the pairs are a superset. ``IoU >= t`` is ``inter >= t (A_p + A_g) / (1 + t)`` (= need),
-with ``inter = ix * iy`` and ``ix <= min(w_p, w_g)``, ``iy <= min(h_p, h_g)``. ``iy(cy)`` (the
-y-overlap as a function of the anchor centre) is a trapezoid, so ``iy >= d`` (``d > 0``) holds
-exactly on the interval ``cy in [g_y1 + d - h_p / 2, g_y2 - d + h_p / 2]`` (and only if ``d <=
-min(h_p, h_g)``); the same for x. The rows of a ground truth are those where ``iy`` can reach
-``need / min(w_p, w_g)``; in each such row the exact ``iy`` of the row gives the columns where
-``ix >= need / iy``. So, per row, the columns are exactly those of IoU >= t (for each shape;
-a row's run is the union over the shapes of its level, trimmed to whole anchors at both ends).
-Bounds are widened for the float32 IoU that decides afterwards: a relative margin of 1e-4 on
-t, and an absolute slack of 8 float32 ulps of the largest coordinate on every overlap and
-side length (anchors cast to float32 and converted to corners move by a few ulps). Extra
-pairs are harmless; no pair whose float32 or float64 IoU reaches ``min_iou`` is missed.
+Contract: no pair whose float32 or float64 IoU reaches ``min_iou`` is missed; extra pairs
+may be returned (why the pairs are a superset: ``src/nn/README.md``, "Why the candidate pairs
+are a superset"). ``anchor_boxes(grid, fmt, clip, device, dtype)`` is the cached anchor tensor
+of a grid (RetinaFace's priors are ``anchor_boxes(grid, "center")``).
 """
 
 from __future__ import annotations
@@ -32,13 +24,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from .bbox import is_padding
 
-__all__ = ["AnchorGrid"]
+__all__ = ["AnchorGrid", "anchor_boxes"]
 
 _REL_MARGIN = 1e-4  # on min_iou, for the float32 IoU that decides afterwards
 _ULPS = 8.0  # absolute slack on overlaps / sides, in float32 ulps of the largest coordinate
@@ -349,6 +342,30 @@ class AnchorGrid:
 
         # ---- per pair: each run is contiguous in anchor order
         return _expand(gi, length, total, 0), _expand(start, length, total, 1)
+
+
+def anchor_boxes(
+    grid: AnchorGrid,
+    fmt: str = "center",
+    clip: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``grid.anchors(fmt)`` computed in float64, clamped to ``[0, 1]`` when ``clip``, then
+    cast to ``dtype`` on ``device``. Cached per (grid, fmt, clip, device, dtype), so callers
+    asking for the same grid get the very same tensor: treat it as read-only."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return _anchor_boxes_cached(grid, fmt, bool(clip), dev, dtype)
+
+
+@lru_cache(maxsize=64)
+def _anchor_boxes_cached(
+    grid: AnchorGrid, fmt: str, clip: bool, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    out = grid.anchors(fmt, dtype=torch.float64)
+    if clip:
+        out = out.clamp(0.0, 1.0)
+    return out.to(device=device, dtype=dtype).contiguous()
 
 
 def _reduce_last(op, x: Tensor) -> Tensor:

@@ -1,13 +1,16 @@
 """Feature extraction blocks (port of ``gluoncv.nn.feature``) over timm backbones.
 
-``FeatureExtractor`` returns a list of feature maps from a backbone; ``FeatureExpander`` appends
-SSD-style extra stride-2 stages (optional 1x1 transition, BN, ReLU) after the last one.
+``timm_features(name, out_indices, pretrained, weights)`` is the one builder of timm
+``features_only`` backbones in the repo (WS-DAN uses it too). ``FeatureExtractor`` returns a
+list of feature maps from a backbone; ``FeatureExpander`` appends SSD-style extra stride-2
+stages (optional 1x1 transition, BN, ReLU) after the last one.
 
 ``network`` is a timm model name (built with ``features_only=True``) or an ``nn.Module``.
 ``outputs`` selects features either by stage index (ints, timm ``out_indices``) or by module /
 graph-node name (strings, via ``torchvision.models.feature_extraction``). Pretrained weights
 never come from the network by default: ``pretrained=False``; a local ``weights`` file (a
-``state_dict`` of the whole timm model, ``.pth``/``.safetensors``) can be given instead.
+``state_dict`` of the whole timm model, ``.pth``/``.safetensors``) can be given instead; a missing
+file raises ``FileNotFoundError`` (``src.utils.weights_file``) naming it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["FeatureExtractor", "FeatureExpander"]
+from src.utils.weights_file import check_file, read_state_dict
+
+__all__ = ["FeatureExtractor", "FeatureExpander", "timm_features"]
+
+_WEIGHTS = "backbone weights file"
+_WEIGHTS_HINT = (
+    "give the path of a local state_dict (.pth or .safetensors) of the timm model, "
+    "or weights=None for random init"
+)
 
 
 def _as_list(outputs) -> list:
@@ -32,53 +43,56 @@ def _as_list(outputs) -> list:
     return outputs
 
 
-def _check_weights(weights) -> str | None:
-    if weights is None:
-        return None
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"backbone weights file not found: {path!r}. Give the path of a local state_dict "
-            "(.pth or .safetensors) of the timm model, or weights=None for random init."
+def timm_features(
+    name: str,
+    out_indices: Sequence[int] | None,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    what: str = _WEIGHTS,
+    hint: str = _WEIGHTS_HINT,
+    **kwargs,
+) -> nn.Module:
+    """``timm.create_model(name, features_only=True, out_indices=out_indices, **kwargs)``
+    (``out_indices=None``: the whole model, not features_only).
+
+    ``weights``: a local state dict of the whole timm model; timm loads it, drops what the
+    feature model lacks (the classifier) and adapts it. A missing file raises
+    ``WeightsFileNotFoundError`` (a ``FileNotFoundError``) ``"<what> not found: <path>
+    (<hint>)"``; an unknown model name a ``ValueError``. ``pretrained=True`` lets timm fetch
+    its own weights (needs the network).
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(
+            f"unknown backbone {name!r}; use a timm model name such as "
+            "inception_v3, resnet18 or resnet50 (timm.list_models())"
         )
-    return path
-
-
-def _load_state_dict(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
+    extra: dict = {}
+    if out_indices is not None:
+        extra.update(features_only=True, out_indices=tuple(out_indices))
+    if weights is not None:
+        path = check_file(weights, what, hint)
+        extra.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    else:
+        extra.update(pretrained=pretrained)
+    return timm.create_model(name, **extra, **kwargs)
 
 
 def _build(network, outputs, pretrained, weights, **kwargs):
     """Return ``(module, names_or_None)``; module maps an image batch to a list of features."""
     outputs = _as_list(outputs)
-    path = _check_weights(weights)
     by_index = isinstance(outputs[0], int)
     if isinstance(network, str):
-        import timm
-
-        if by_index:
-            extra = dict(features_only=True, out_indices=tuple(outputs))
-        else:
-            extra = {}
-        if path is not None:  # timm filters the classifier and adapts to features_only
-            extra.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
-        else:
-            extra.update(pretrained=pretrained)
-        model = timm.create_model(network, **extra, **kwargs)
+        model = timm_features(
+            network, tuple(outputs) if by_index else None, pretrained, weights, **kwargs
+        )
         if by_index:
             return model
         network = model
     elif isinstance(network, nn.Module):
-        if path is not None:
-            network.load_state_dict(_load_state_dict(path))
+        if weights is not None:
+            network.load_state_dict(read_state_dict(weights, _WEIGHTS, _WEIGHTS_HINT))
         if by_index:
             if not hasattr(network, "feature_info"):
                 raise TypeError(
@@ -134,7 +148,7 @@ class FeatureExtractor(nn.Module):
         pretrained: let timm fetch its pretrained weights (needs the network; default False).
         ctx: optional device to move the extractor to (GluonCV's context).
         weights: optional local state_dict file of the full model; a clear
-            ``FileNotFoundError`` is raised when it is missing.
+            ``FileNotFoundError`` naming it is raised when it is missing.
         **kwargs: passed to ``timm.create_model``.
     """
 

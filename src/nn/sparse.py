@@ -12,18 +12,11 @@ anchor order), and guarantees for the rows it leaves out:
   with ``k_floor > 0``, only its ``k`` best with IoU ``>= k_floor`` (a consumer that ignores
   boxes whose best IoU is below ``k_floor`` needs no more).
 
-That is what makes the toolkit's matchers and samplers exact on it (they accept a ``SparseIOU``
-wherever they accept a dense ``(B, N, M)`` IoU and return the same ``(B, N)`` result):
-
-* ``MaximumMatcher(t)`` with ``t >= floor``: an absent row has no IoU ``>= t``.
-* ``BipartiteMatcher`` (descending, threshold >= 0): the greedy pair chosen for a column is
-  always among that column's ``min(N, M)`` best rows (see ``matcher._candidate_rows``), so the
-  greedy run on the kept rows picks the same pairs in the same order (ties included: rows stay
-  in ascending order). Its sharing step reads whole rows (exact here) and each column's best
-  (kept), and an absent row never ties a column's best within ``eps``.
-* samplers compare each anchor's best IoU with thresholds; an absent row reports 0 (-1 in an
-  image without ground truths), which compares exactly like its true best for any threshold
-  ``>= floor`` or ``<= 0``. Thresholds in between raise a ``ValueError``.
+The toolkit's matchers and samplers accept a ``SparseIOU`` wherever they accept a dense
+``(B, N, M)`` IoU and return the same ``(B, N)`` result: ``MaximumMatcher(t)`` with ``t >=
+floor``, ``BipartiteMatcher`` (descending, threshold >= 0), and samplers with thresholds ``>=
+floor`` or ``<= 0``; a threshold in between raises a ``ValueError`` (why they are exact:
+``src/nn/README.md``, "Why matchers and samplers are exact on a SparseIOU").
 
 Candidate pairs come from anywhere that never misses a pair with IoU ``>= floor - eps``:
 ``AnchorGrid.candidates`` (a window of grid cells per box), or every pair. Ground truths with

@@ -17,9 +17,12 @@ from functools import lru_cache
 
 import torch
 
+from ops_cuda.registry import CTYPE, EMULATED
+
 BACKENDS = ("auto", "reference", "emulate")
-_EMULATED_DTYPES = (torch.float32, torch.float64)
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# the element types the kernels are instantiated for: ops_cuda.registry's table, the one source
+_KERNEL_DTYPES = tuple(CTYPE)
+_EMULATED_DTYPES = tuple(dtype for dtype, ctype in CTYPE.items() if ctype in EMULATED)
 
 
 def _initial_backend() -> str:
@@ -67,7 +70,7 @@ def kernel_device(*tensors: torch.Tensor, dtypes=None) -> torch.device | None:
     """The device to launch the kernel on, or None when the reference path must run.
 
     The first tensor decides the element type; all must share its device. ``dtypes`` lists
-    the floating types the kernel takes (default: float32/64, float16, bfloat16)."""
+    the floating types the kernel takes (default: every type of ``ops_cuda.registry.CTYPE``)."""
     mode = get_backend()
     dtypes = _KERNEL_DTYPES if dtypes is None else dtypes
     if mode == "reference":

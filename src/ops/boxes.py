@@ -21,7 +21,6 @@ import torch
 from ._backend import kernel_device, reference_backward
 
 REDUCTIONS = ("none", "mean", "sum")
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -146,7 +145,7 @@ def _use_pairwise_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor) -> bool:
         and not _needs_grad(boxes1, boxes2)
         and boxes1.is_floating_point()
         and boxes2.is_floating_point()
-        and kernel_device(boxes1, boxes2, dtypes=_KERNEL_DTYPES) is not None
+        and kernel_device(boxes1, boxes2) is not None
     )
 
 

@@ -137,10 +137,7 @@ def nms(
 ) -> torch.Tensor:
     """Greedy NMS. boxes (N, 4), scores (N,) -> kept indices (K,) int64, highest score first."""
     _check(boxes, scores)
-    if (
-        kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
-        is not None
-    ):
+    if kernel_device(boxes) is not None:
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), None)
     return nms_reference(boxes, scores, iou_threshold, offset)
 
@@ -156,9 +153,6 @@ def batched_nms(
     ids; boxes with different idxs never suppress each other. Returns kept indices (K,) int64
     sorted by decreasing score. Exact for any coordinates (no coordinate-offset trick)."""
     _check(boxes, scores, idxs)
-    if (
-        kernel_device(boxes, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
-        is not None
-    ):
+    if kernel_device(boxes) is not None:
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), idxs)
     return nms_reference(boxes, scores, iou_threshold, offset, idxs)

@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 import torch
 
+from src.data.base import DataError
+from src.data.face_transforms import BGR_MEAN
 from src.data.widerface import collate_faces
-from src.models.retinaface import BGR_MEAN
 from src.models.retinaface.detect import DetectConfig, detect
 from src.tasks.base import Task, unwrap
 
@@ -147,7 +148,7 @@ class RetinaFaceTask(Task):
                 batch["boxes"].float(),
                 batch["labels"],
                 batch["landmarks"].float(),
-                image_size=tuple(images.shape[-2:]),
+                grid=unwrap(self.net).anchor_grid(tuple(images.shape[-2:])),
             )
         return out
 
@@ -218,54 +219,36 @@ class RetinaFaceTask(Task):
             out.append((picture[:, :, ::-1].copy(), f"{n} faces >= {self.vis_threshold:.2f}"))
         return {"detections": out}
 
-    @torch.no_grad()
-    def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def predict_one(self, path: Path, out_dir: Path, stem: str) -> dict:
         device = next(self.net.parameters()).device
-        results, used = [], set()
-        for path in paths:
-            path = Path(path)
-            raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if raw is None:
-                from src.data.base import DataError
-
-                raise DataError(f"{path}: cannot read the image (corrupt or not an image)")
-            scale = 1.0
-            img = raw
-            if self.predict_size:
-                scale = self.predict_size / max(raw.shape[:2])
-                img = cv2.resize(raw, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-            x = img.astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
-            x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
-            d = self.detect_batch(x, scale)[0]
-            boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
-            points = d["landmarks"].cpu().numpy()
-            stem, n = path.stem, 1
-            while stem in used:
-                n += 1
-                stem = f"{path.stem}_{n}"
-            used.add(stem)
-            picture = out_dir / f"{stem}_faces.jpg"
-            cv2.imwrite(
-                str(picture), draw_detections(raw, boxes, scores, points, self.vis_threshold)
-            )
-            keep = scores >= self.vis_threshold
-            results.append(
+        raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if raw is None:
+            raise DataError(f"{path}: cannot read the image (corrupt or not an image)")
+        scale = 1.0
+        img = raw
+        if self.predict_size:
+            scale = self.predict_size / max(raw.shape[:2])
+            img = cv2.resize(raw, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        x = img.astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+        d = self.detect_batch(x, scale)[0]
+        boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
+        points = d["landmarks"].cpu().numpy()
+        picture = out_dir / f"{stem}_faces.jpg"
+        cv2.imwrite(str(picture), draw_detections(raw, boxes, scores, points, self.vis_threshold))
+        keep = scores >= self.vis_threshold
+        return {
+            "path": str(path),
+            "picture": str(picture),
+            "detections": [
                 {
-                    "path": str(path),
-                    "picture": str(picture),
-                    "detections": [
-                        {
-                            "box": [round(float(v), 2) for v in b],
-                            "score": round(float(s), 5),
-                            "landmarks": [round(float(v), 2) for v in p],
-                        }
-                        for b, s, p in zip(boxes[keep], scores[keep], points[keep])
-                    ],
+                    "box": [round(float(v), 2) for v in b],
+                    "score": round(float(s), 5),
+                    "landmarks": [round(float(v), 2) for v in p],
                 }
-            )
-        return results
+                for b, s, p in zip(boxes[keep], scores[keep], points[keep])
+            ],
+        }
 
     def export(self, out_dir: Path) -> list[Path]:
         from src.models.retinaface.export import export_onnx

@@ -319,8 +319,8 @@ def test_windowed_assignment_equals_dense(size):
     targets = random_targets(5, max(size), seed=13)
     preds = [p.requires_grad_() for p in predictions(5, priors.shape[0], seed=9)]
     args = (priors, *R.pad_targets(targets))
-    dense = MultiBoxLoss(assignment="dense")(preds, *args, image_size=size)
-    windowed = MultiBoxLoss(assignment="windowed")(preds, *args, image_size=size)
+    dense = MultiBoxLoss(assignment="dense")(preds, *args, grid=anchor_grid(size))
+    windowed = MultiBoxLoss(assignment="windowed")(preds, *args, grid=anchor_grid(size))
     for k in dense:
         torch.testing.assert_close(windowed[k], dense[k], rtol=1e-12, atol=1e-12)
     for a, b in zip(
@@ -329,26 +329,30 @@ def test_windowed_assignment_equals_dense(size):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     boxes = R.pad_targets(targets)[0]
     crit = MultiBoxLoss()
-    assert crit._windowed(priors, size, boxes.device)
-    dense = MultiBoxLoss(assignment="dense").match(priors, boxes, size)
-    assert torch.equal(crit.match(priors, boxes, size), dense)
-    assert torch.equal(crit.match(priors, boxes), dense)  # no image_size: dense
+    assert crit._windowed(priors, anchor_grid(size), boxes.device)
+    dense = MultiBoxLoss(assignment="dense").match(priors, boxes, anchor_grid(size))
+    assert torch.equal(crit.match(priors, boxes, anchor_grid(size)), dense)
+    assert torch.equal(crit.match(priors, boxes), dense)  # no grid: dense
 
 
 def test_auto_assignment_choice_and_windowed_edge_cases():
     crit = MultiBoxLoss()
     pri = prior_boxes((64, 64))
-    assert crit._windowed(pri, (64, 64), torch.device("cpu"))
+    assert crit._windowed(pri, anchor_grid((64, 64)), torch.device("cpu"))
     assert not crit._windowed(pri, None, torch.device("cpu"))
-    assert not crit._windowed(pri, (64, 96), torch.device("cpu"))  # other grid: dense
-    assert not MultiBoxLoss(reference_matching=True)._windowed(pri, (64, 64), torch.device("cpu"))
+    assert not crit._windowed(pri, anchor_grid((64, 96)), torch.device("cpu"))  # other grid: dense
+    assert not MultiBoxLoss(reference_matching=True)._windowed(
+        pri, anchor_grid((64, 64)), torch.device("cpu")
+    )
     with pytest.raises(ValueError, match="windowed"):
-        MultiBoxLoss(assignment="windowed")._windowed(pri, (64, 96), torch.device("cpu"))
+        MultiBoxLoss(assignment="windowed")._windowed(
+            pri, anchor_grid((64, 96)), torch.device("cpu")
+        )
     # no face / only an ignored tiny face: zero loss, like the dense path
     preds = predictions(2, P640.shape[0], seed=0)
     t = [_face(106.5, 106.5, 109.5, 109.5), torch.zeros(0, 15, dtype=F64)]
     out = MultiBoxLoss(assignment="windowed")(
-        preds, P640, *R.pad_targets(t), image_size=(SIZE, SIZE)
+        preds, P640, *R.pad_targets(t), grid=anchor_grid((SIZE, SIZE))
     )
     assert float(out["loss"]) == 0.0
 
@@ -407,8 +411,8 @@ def test_windowed_edge_cases_equal_dense_and_reference(dtype):
     boxes, labels, landms = R.pad_targets(targets, dtype)
     size = (S256, S256)
     windowed, dense = MultiBoxLoss(assignment="windowed"), MultiBoxLoss(assignment="dense")
-    m_w = windowed.match(priors, boxes, size)
-    m_d = dense.match(priors, boxes, size)
+    m_w = windowed.match(priors, boxes, anchor_grid(size))
+    m_d = dense.match(priors, boxes, anchor_grid(size))
     assert torch.equal(m_w, m_d)
     # hand-worked expectations
     first, second = _p256(1, 1), _p256(1, 2)
@@ -419,15 +423,15 @@ def test_windowed_edge_cases_equal_dense_and_reference(dtype):
     assert m_w[2, _p256(13, 13)] == 1  # the later of the two faces on that prior
     assert not (m_w[3:5] >= 0).any()
     if dtype == F64:
-        t = windowed.assign(priors, boxes, labels, landms, image_size=size)
+        t = windowed.assign(priors, boxes, labels, landms, grid=anchor_grid(size))
         assert torch.equal(t.matches, m_w)
         _check_targets_equal(t, priors, targets, fixed=True)
     # losses and gradients
     preds = [
         p.requires_grad_() for p in predictions(len(targets), priors.shape[0], seed=4, dtype=dtype)
     ]
-    out_w = windowed(preds, priors, boxes, labels, landms, image_size=size)
-    out_d = dense(preds, priors, boxes, labels, landms, image_size=size)
+    out_w = windowed(preds, priors, boxes, labels, landms, grid=anchor_grid(size))
+    out_d = dense(preds, priors, boxes, labels, landms, grid=anchor_grid(size))
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-5, atol=1e-6)
     for k in out_d:
         torch.testing.assert_close(out_w[k], out_d[k], **tol)
@@ -446,9 +450,9 @@ def test_windowed_without_any_overlapping_face():
     ]
     boxes, labels, landms = R.pad_targets(targets)
     crit = MultiBoxLoss(assignment="windowed")
-    assert not (crit.match(P256, boxes, (S256, S256)) >= 0).any()
+    assert not (crit.match(P256, boxes, anchor_grid((S256, S256))) >= 0).any()
     preds = [p.requires_grad_() for p in predictions(3, P256.shape[0], seed=1)]
-    out = crit(preds, P256, boxes, labels, landms, image_size=(S256, S256))
+    out = crit(preds, P256, boxes, labels, landms, grid=anchor_grid((S256, S256)))
     assert float(out["loss"].detach()) == 0.0 and float(out["num_pos"]) == 0.0
     out["loss"].backward()
     assert all(p.grad is not None and not p.grad.any() for p in preds)
@@ -462,14 +466,16 @@ def test_windowed_random_crowds_equal_dense(seed):
     targets[1] = torch.cat([targets[1], targets[1][:3]])  # duplicate faces
     boxes, labels, landms = R.pad_targets(targets)
     size = (S256, S256)
-    m_w = MultiBoxLoss(assignment="windowed").match(P256, boxes, size)
-    m_d = MultiBoxLoss(assignment="dense").match(P256, boxes, size)
+    m_w = MultiBoxLoss(assignment="windowed").match(P256, boxes, anchor_grid(size))
+    m_d = MultiBoxLoss(assignment="dense").match(P256, boxes, anchor_grid(size))
     assert torch.equal(m_w, m_d)
     preds = [
         p.requires_grad_()
         for p in predictions(6, P256.shape[0], seed=int(torch.randint(99, (1,), generator=g)))
     ]
-    out_w = MultiBoxLoss(assignment="windowed")(preds, P256, boxes, labels, landms, image_size=size)
+    out_w = MultiBoxLoss(assignment="windowed")(
+        preds, P256, boxes, labels, landms, grid=anchor_grid(size)
+    )
     ref = R.reference_loss(preds, P256, targets, fixed=True)
     for k in ("loss", "loc", "cls", "landm"):
         torch.testing.assert_close(out_w[k], ref[k], rtol=1e-10, atol=1e-12)
@@ -478,12 +484,14 @@ def test_windowed_random_crowds_equal_dense(seed):
 def test_windowed_needs_positive_thresholds():
     pri = prior_boxes((64, 64))
     # with a threshold of 0 a face without any overlap counts (it forces prior 0): dense
-    assert not MultiBoxLoss(ignore_thresh=0.0)._windowed(pri, (64, 64), torch.device("cpu"))
+    assert not MultiBoxLoss(ignore_thresh=0.0)._windowed(
+        pri, anchor_grid((64, 64)), torch.device("cpu")
+    )
     with pytest.raises(ValueError, match="thresh"):
         MultiBoxLoss(ignore_thresh=0.0, assignment="windowed")._windowed(
-            pri, (64, 64), torch.device("cpu")
+            pri, anchor_grid((64, 64)), torch.device("cpu")
         )
     boxes, _, _ = R.pad_targets([_face(-300, -300, -290, -290), _face(100, 100, 116, 116)])
-    out = MultiBoxLoss(ignore_thresh=0.0).match(P640, boxes, (SIZE, SIZE))
+    out = MultiBoxLoss(ignore_thresh=0.0).match(P640, boxes, anchor_grid((SIZE, SIZE)))
     assert out[0, 0] == 0 and out[1, 0] == -1  # the argmax of an all-zero IoU column
-    assert MultiBoxLoss().match(P640, boxes, (SIZE, SIZE))[0, 0] == -1
+    assert MultiBoxLoss().match(P640, boxes, anchor_grid((SIZE, SIZE)))[0, 0] == -1

@@ -86,7 +86,13 @@ def _batches(task, split, n, bs=3, rng=None):
                 "model.net.backbone": "resnet50",
             },
         ),
-        ("retinaface_synthetic", {"dataset._target_": "src.data.synthetic_faces.synthetic_faces_splits", "optimizer.lr": 2e-3}),
+        (
+            "retinaface_synthetic",
+            {
+                "dataset._target_": "src.data.synthetic_faces.synthetic_faces_splits",
+                "optimizer.lr": 2e-3,
+            },
+        ),
     ],
 )
 def test_recipes_compose(experiment, expect):

@@ -19,7 +19,8 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from src.models.retinaface.layers import conv_bn, conv_dw
-from src.models.retinaface.weights import read_state_dict, strict_load
+from src.models.retinaface.weights import strict_load
+from src.utils.weights_file import read_state_dict
 
 BACKBONE_ALIASES = {
     "mobilenet0.25": "mobilenet0.25",
@@ -144,6 +145,6 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
     ``mobilenetV1X0.25_pretrain.tar``), strips ``module.`` and drops the classifier
     (``fc.*``), which the detector does not use.
     """
-    sd = read_state_dict(path, what="backbone ImageNet weights")
+    sd = read_state_dict(path, what="backbone ImageNet weights file")
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     strict_load(body, sd, path, what=f"{type(body).__name__} backbone")

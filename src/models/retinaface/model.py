@@ -12,7 +12,8 @@ with two anchors per cell. Parameter counts: 426,608 (``mobilenet0.25``, neck wi
 * ``landm`` (B, P, 10) five landmark offsets,
 
 where P = ``num_priors((H, W))`` and the order of P matches ``priors.prior_boxes`` (level ->
-row -> column -> anchor). Inputs are BGR images minus the mean (104, 117, 123), any H and W.
+row -> column -> anchor). Inputs are BGR images minus the mean (104, 117, 123:
+``src.data.face_transforms.BGR_MEAN``), any H and W.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from torch import Tensor, nn
 
 from src.models.retinaface.backbones import build_backbone, canonical_backbone
 from src.models.retinaface.layers import FPN, SSH, BboxHead, ClassHead, LandmarkHead
-from src.models.retinaface.priors import MIN_SIZES, STEPS, prior_boxes
+from src.models.retinaface.priors import MIN_SIZES, STEPS, anchor_grid, prior_boxes
 from src.models.retinaface.weights import load_reference_weights
+from src.nn.anchor import AnchorGrid
 
-BGR_MEAN = (104.0, 117.0, 123.0)
 _DEFAULT_OUT_CHANNELS = {"mobilenet0.25": 64, "resnet50": 256}
 
 
@@ -97,6 +98,10 @@ class RetinaFace(nn.Module):
     ) -> Tensor:
         """The (P, 4) ``cxcywh`` priors matching this model's outputs for an (H, W) input."""
         return prior_boxes(image_size, self.min_sizes, self.steps, False, device, dtype)
+
+    def anchor_grid(self, image_size: tuple[int, int]) -> AnchorGrid:
+        """The ``AnchorGrid`` whose ``center`` anchors are ``priors(image_size)`` (cached)."""
+        return anchor_grid(image_size, self.min_sizes, self.steps)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from src.nn.anchor import AnchorGrid
+from src.nn.anchor import AnchorGrid, anchor_boxes
 
 MIN_SIZES: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
 STEPS: tuple[int, ...] = (8, 16, 32)
@@ -79,31 +79,7 @@ def prior_boxes(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Priors for an (H, W) image: tensor (P, 4) normalised ``cxcywh`` (cached, read-only)."""
-    if len(min_sizes) != len(steps):
-        raise ValueError(f"min_sizes has {len(min_sizes)} levels but steps has {len(steps)}")
-    h, w = int(image_size[0]), int(image_size[1])
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image_size must be positive, got {(h, w)}")
-    key_sizes = tuple(tuple(int(s) for s in m) for m in min_sizes)
-    key_steps = tuple(int(s) for s in steps)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    return _prior_boxes_cached(h, w, key_sizes, key_steps, bool(clip), dev, dtype)
-
-
-@lru_cache(maxsize=64)
-def _prior_boxes_cached(
-    h: int,
-    w: int,
-    min_sizes: tuple[tuple[int, ...], ...],
-    steps: tuple[int, ...],
-    clip: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    out = anchor_grid((h, w), min_sizes, steps).anchors("center", dtype=torch.float64)
-    if clip:
-        out = out.clamp(0.0, 1.0)
-    return out.to(device=device, dtype=dtype).contiguous()
+    return anchor_boxes(anchor_grid(image_size, min_sizes, steps), "center", clip, device, dtype)
 
 
 class PriorBox:

@@ -2,55 +2,22 @@
 
 ``load_reference_weights(model, "mobilenet0.25_Final.pth")`` loads a biubug6/Pytorch_Retinaface
 checkpoint (``Resnet50_Final.pth`` likewise) with ``strict=True`` after stripping the
-``module.`` prefix that ``nn.DataParallel`` training leaves. Files are read with
-``torch.load(weights_only=True)``; user mistakes (missing file, unreadable file, wrong model)
-raise one-line errors that name the file.
+``module.`` prefix that ``nn.DataParallel`` training leaves. Files are read by
+``src.utils.weights_file.read_state_dict`` (``weights_only=True``); user mistakes (missing
+file, unreadable file, wrong model) raise one-line errors that name the file.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from src.utils.weights_file import read_state_dict
+
 _MAX_LISTED = 3
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict:
-    """Remove ``prefix`` from the keys that start with it (others are kept as they are)."""
-    n = len(prefix)
-    return {(k[n:] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
-
-def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path`` on the CPU, unwrapping ``{"state_dict": ...}`` /
-    ``{"model": ...}`` checkpoints and stripping ``module.``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path} (check the path)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"cannot read {what} from {path}: {type(e).__name__}: {msg}"[:400]
-        ) from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner:
-                obj = inner
-                break
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        raise ValueError(f"{path} does not hold a state dict of tensors ({what})")
-    return strip_prefix(obj)
 
 
 def _examples(keys: list[str]) -> str:

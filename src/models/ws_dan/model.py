@@ -13,12 +13,11 @@ stage (3 = stride 16, which for ``inception_v3`` is ``Mixed_6e`` as in the paper
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from src.nn.feature import timm_features
 
 EPSILON = 1e-12
 
@@ -89,21 +88,12 @@ class WSDAN(nn.Module):
 
 
 def _create_backbone(name: str, feature_index: int, pretrained: bool, weights: str | None):
-    if not timm.is_model(name):
-        raise ValueError(
-            f"WSDAN: unknown backbone {name!r}; use a timm model name such as "
-            "inception_v3, resnet18 or resnet50 (timm.list_models())"
-        )
-    kwargs: dict = {"features_only": True, "out_indices": (feature_index,)}
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"WSDAN: backbone weights file not found: {path} (model.weights); give a local "
-                f"timm/torchvision state dict for {name}, or set model.weights=null"
-            )
-        # timm loads the file, filters it to the truncated feature model and adapts it.
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-        )
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+    return timm_features(
+        name,
+        (feature_index,),
+        pretrained,
+        weights,
+        what="WSDAN: backbone weights file",
+        hint=f"model.net.weights: give a local timm/torchvision state dict for {name}, "
+        "or set it to null",
+    )
