@@ -3,6 +3,8 @@
 Composes the Hydra config (conf/), validates it, and hands over to src.app. No training logic.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -22,3 +24,10 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     main()
+    from src.app import FAILED_JOBS
+
+    if FAILED_JOBS:  # a multirun went on past failed jobs: say so in the exit code
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed:", file=sys.stderr)
+        for line in FAILED_JOBS:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODES = ("train", "eval", "predict", "export")
+# values with a fixed set of choices, checked before anything is built
+CHOICES = {
+    "mode": MODES,
+    "resume": (None, "auto"),
+    "trainer.precision": ("fp32", "bf16", "fp16"),
+    "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "scheduler.interval": ("epoch", "step"),
+    "logger.mode": ("offline", "online", "disabled"),
+}
+FAILED_JOBS: list[str] = []  # multirun jobs that failed (run.py's exit code reports them)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -82,8 +93,11 @@ def check_compatibility(cfg: DictConfig) -> None:
     """A Task declares the loss and dataset kinds it accepts (``accepts``), losses and datasets
     their ``kind``: read from the ``_target_``s without building anything, and stop, naming
     the valid choices, when a pick does not fit."""
-    if cfg.mode not in MODES:
-        raise UserError(f"mode={cfg.mode} is not one of {', '.join(MODES)}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value not in allowed and not (key == "logger.mode" and "mode" not in cfg.logger):
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise UserError(f"{key}={value} is not one of {shown}")
     task_cls = _target_object(cfg.model.get("_target_"))
     if task_cls is None:
         raise UserError(
@@ -104,6 +118,44 @@ def check_compatibility(cfg: DictConfig) -> None:
         raise UserError(f"mode={cfg.mode} needs ckpt_path=<checkpoint or weights file>")
     if cfg.mode == "predict" and not cfg.get("input"):
         raise UserError("mode=predict needs input=<image file or folder of images>")
+    if cfg.mode == "predict" and not cfg.get("ckpt_path") and not _weights_files(cfg.model):
+        raise UserError(
+            "mode=predict needs ckpt_path=<checkpoint> (or a weights file option such as "
+            "model.net.weights=<file>): without one the network's weights are random"
+        )
+
+
+def _weights_files(node: Any) -> list[str]:
+    """Non-null ``weights`` options anywhere in the model config."""
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            value = node.get(key)
+            if key == "weights" and isinstance(value, str) and value:
+                found.append(value)
+            found += _weights_files(value)
+    return found
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Training never silently replaces an earlier run's checkpoints or metrics."""
+    if cfg.mode != "train" or cfg.get("resume") == "auto":
+        return
+    used = [
+        p
+        for p in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.jsonl")
+        if (run_dir / p).exists()
+    ]
+    if not used:
+        return
+    if not cfg.get("overwrite"):
+        raise UserError(
+            f"{run_dir} already holds a run ({used[0]}): continue it with resume=auto, replace "
+            "it with overwrite=true, or pick another hydra.run.dir"
+        )
+    for p in used:
+        (run_dir / p).unlink()
+    log.warning("overwrite=true: removed %s of the earlier run in %s", ", ".join(used), run_dir)
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -169,6 +221,7 @@ def run(cfg: DictConfig) -> float | None:
 
     check_compatibility(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    check_run_dir(cfg, run_dir)
     if cfg.trainer.get("num_threads"):
         import torch
 
@@ -207,8 +260,6 @@ def run(cfg: DictConfig) -> float | None:
                 last = run_dir / "checkpoints" / "last.ckpt"
                 ckpt = str(last) if last.is_file() else None
                 log.info("resume=auto: %s", ckpt or "no last.ckpt in the run dir, starting fresh")
-            elif cfg.get("resume") not in (None, "auto"):
-                raise UserError(f"resume={cfg.resume}: use resume=auto or ckpt_path=<file>")
             summary = trainer.fit(ckpt_path=ckpt)
         elif cfg.mode == "eval":
             trainer.load_weights(cfg.ckpt_path)
@@ -227,9 +278,13 @@ def run(cfg: DictConfig) -> float | None:
                 preds = task.predict(_image_paths(cfg.input), out_dir)
             if rank_zero:
                 (run_dir / "predictions.json").write_text(json.dumps(preds, indent=2))
+            unreadable = [p for p in preds if "error" in p]
+            if preds and len(unreadable) == len(preds):
+                raise UserError(f"input={cfg.input}: none of the {len(preds)} images could be read")
             summary = {
                 "status": "completed",
-                "num_images": len(preds),
+                "num_images": len(preds) - len(unreadable),
+                "unreadable": [p["path"] for p in unreadable],
                 "predictions": str(run_dir / "predictions.json"),
             }
         elif cfg.mode == "export":
@@ -239,6 +294,9 @@ def run(cfg: DictConfig) -> float | None:
             summary = {"status": "completed", "exported": [str(p) for p in paths]}
         summary["mode"] = cfg.mode
         exit_code = 0
+    except BaseException as e:
+        summary["error"] = error_line(e)
+        raise
     finally:
         best = sorted((run_dir / "checkpoints").glob("*.ckpt")) if exit_code == 0 else []
         logger.finish(summary, exit_code=exit_code, artifacts=best)
@@ -249,14 +307,54 @@ def run(cfg: DictConfig) -> float | None:
     return None
 
 
+def error_line(e: BaseException) -> str:
+    """One line for an error. An error raised in a DataLoader worker arrives re-raised with the
+    worker's traceback in its message: take the original message back out of it."""
+    text = str(e)
+    if "DataLoader worker process" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else text
+        # the traceback's last line: "[module.]ErrorName: message"
+        text = re.sub(rf"^[\w.]*\b{type(e).__name__}: ", "", last)
+    return " ".join(text.split()) if "\n" in text else text
+
+
+def _in_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def main(cfg: DictConfig) -> float | None:
-    """run() with user errors reported as one line (exit code 2), not a traceback."""
+    """run() with user errors reported as one line (exit code 2), not a traceback. In a
+    multirun a failed job is reported (its summary.json says failed and why) and the sweep
+    goes on: the sweeper gets no value (Optuna records a failed trial) and run.py's exit code
+    says that some jobs failed."""
     from src.engine import distributed as D
+    from src.logging.metrics_file import write_summary
 
     try:
         return run(cfg)
-    except user_error_types() as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except BaseException as e:
+        user = isinstance(e, user_error_types())
+        message = error_line(e) if user else f"{type(e).__name__}: {e}"
+        if not _in_multirun() or isinstance(e, KeyboardInterrupt):
+            if user:
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            raise
+        if not user:
+            log.exception("job failed")  # the traceback goes to the job's log
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        run_dir = Path(cfg.paths.output_dir)
+        summary_file = run_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        if summary.get("status") != "failed" or "error" not in summary:
+            write_summary(
+                run_dir, {**summary, "status": "failed", "mode": cfg.mode, "error": message}
+            )
+        FAILED_JOBS.append(f"{run_dir.name}: {message}")
+        return None  # Optuna: a failed trial (hparams_search/optuna.yaml tolerates failures)
     finally:
         D.destroy()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .seed import sample_rng
+from .signals import ignore_in_worker, stop_signals_blocked
 
 
 class SeededDataset(Dataset):
@@ -116,10 +118,27 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=train,
         persistent_workers=False,
+        worker_init_fn=ignore_in_worker if num_workers > 0 else None,
         # a private generator: creating an iterator must not consume the global torch RNG,
         # or a resumed run would diverge from a straight one
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+@contextmanager
+def batches(loader: DataLoader) -> Iterator[Any]:
+    """An iterator over ``loader`` whose data workers (started with the stop signals held, so
+    none reaches a worker before it ignores them) are shut down when the block ends, however it
+    ends: workers ignore SIGTERM, so they must never be left for exit-time termination."""
+    if not loader.num_workers:
+        yield iter(loader)
+        return
+    with stop_signals_blocked():
+        it = iter(loader)
+    try:
+        yield it
+    finally:
+        it._shutdown_workers()  # torch's own orderly shutdown (the iterator's __del__ uses it)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -151,7 +170,8 @@ def batch_size_of(batch: Any) -> int:
 
 
 class DeviceLoader:
-    """Iterates a DataLoader, moving batches to the device (what Task.evaluate receives)."""
+    """Iterates a DataLoader, moving batches to the device (what Task.evaluate receives).
+    Each pass shuts its workers down when it ends or is abandoned."""
 
     def __init__(self, loader: DataLoader, device: torch.device):
         self.loader, self.device = loader, device
@@ -160,5 +180,17 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
-            yield to_device(batch, self.device)
+        passes = self.__dict__.setdefault("_passes", [])
+        gen = self._pass()
+        passes.append(gen)
+        return gen
+
+    def _pass(self):
+        with batches(self.loader) as it:
+            for batch in it:
+                yield to_device(batch, self.device)
+
+    def close(self) -> None:
+        """End every pass still open (an evaluation that stopped early or raised)."""
+        for gen in self.__dict__.pop("_passes", []):
+            gen.close()

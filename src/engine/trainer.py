@@ -15,10 +15,10 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as D
-from .checkpoint import CheckpointError, load, save_atomic, task_weights
-from .data import DeviceLoader, batch_size_of, make_loader, to_device
+from .checkpoint import CheckpointError, load, nonfinite_entries, save_atomic, task_weights
+from .data import DeviceLoader, batch_size_of, batches, make_loader, to_device
 from .ema import EMA
-from .optim import Optimization, build_optimizers, build_schedulers
+from .optim import NonFiniteLossError, Optimization, build_optimizers, build_schedulers
 from .seed import rng_state, set_rng_state
 from .signals import StopRequest
 
@@ -91,6 +91,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best: float | None = None
+        self.last_good: tuple[Path, int] | None = None  # the newest finite checkpoint written
         self.last_metrics: dict[str, float] = {}
         self.start_time = time.time()
 
@@ -114,22 +115,58 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path | None:
+        """Write ``name`` (rank 0), unless a weight or buffer is NaN/inf: a checkpoint never
+        replaces a good one with a poisoned state."""
         if not D.is_rank_zero():
             return None
-        path = save_atomic(self._state(), self.ckpt_dir / name)
+        state = self._state()
+        bad = nonfinite_entries({"task": state["task"], "ema": state.get("ema", {})})
+        if bad:
+            log.error(
+                "not saving %s: %d non-finite tensors (e.g. %s); %s",
+                name,
+                len(bad),
+                ", ".join(bad[:3]),
+                self._last_good_text(),
+            )
+            return None
+        path = save_atomic(state, self.ckpt_dir / name)
+        self.last_good = (path, self.global_step)
         log.info("saved %s (step %d)", path, self.global_step)
         return path
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was written by this run"
+        return f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]})"
+
+    def _load_task_state(self, path, state: dict, strict: bool) -> None:
+        """``task.load_state_dict`` with a mismatch reported as one line naming the file
+        (loss state, e.g. WS-DAN's centers, may differ when not strict)."""
+        try:
+            missing, unexpected = self.task.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(
+                f"{path} does not fit this model: {str(e).splitlines()[-1].strip()}"
+            ) from None
+        bad = [k for k in [*missing, *unexpected] if strict or not k.startswith("loss.")]
+        if bad:
+            raise CheckpointError(
+                f"{path} does not fit this model: {len(missing)} missing and {len(unexpected)} "
+                f"unexpected keys (e.g. {', '.join(bad[:3])}); was it trained with another "
+                "model= or model options?"
+            )
 
     def restore(self, path: str | os.PathLike) -> None:
         ckpt = load(path)
         missing = [k for k in ("task", "optim", "progress", "rng") if k not in ckpt]
         if missing:
-            raise RuntimeError(
-                f"{path} is a weights file, not a training checkpoint "
-                f"(missing {missing}); to start from its weights use "
-                "mode=eval/predict, or pass it as the model's weights option"
+            raise CheckpointError(
+                f"{path} is a weights file, not a training checkpoint (it has no "
+                f"{', '.join(missing)}): to train from its weights pass it as the network's "
+                "weights option (e.g. model.net.weights=...); ckpt_path= continues a run"
             )
-        self.task.load_state_dict(ckpt["task"])
+        self._load_task_state(path, ckpt["task"], strict=True)
         self.opt.load_state_dict(ckpt["optim"])
         for n, (s, _) in self.schedulers.items():
             s.load_state_dict(ckpt["schedulers"][n])
@@ -160,20 +197,7 @@ class Trainer:
         WS-DAN's class centers) may differ, since evaluation can use another loss config.
         With ``trainer.ema_decay`` set, the checkpoint's averaged weights are used."""
         ckpt = load(path)
-        state = task_weights(ckpt)
-        try:
-            missing, unexpected = self.task.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise CheckpointError(
-                f"{path} does not fit this model: {str(e).splitlines()[-1].strip()}"
-            ) from e
-        bad = [k for k in [*missing, *unexpected] if not k.startswith("loss.")]
-        if bad:
-            raise CheckpointError(
-                f"{path} does not fit this model: {len(missing)} missing and {len(unexpected)} "
-                f"unexpected keys (e.g. {', '.join(bad[:3])}); was it trained with another "
-                "model= or model options?"
-            )
+        self._load_task_state(path, task_weights(ckpt), strict=False)
         if self.ema is not None:
             if "ema" in ckpt:
                 self.ema.load_state_dict(ckpt["ema"])
@@ -223,13 +247,16 @@ class Trainer:
                     torch.no_grad(),
                     autocast_context(self.device, self.cfg.precision),
                 ):
-                    metrics = {
-                        f"val/{k}": float(v)
-                        for k, v in self.task.evaluate(DeviceLoader(loader, self.device)).items()
-                    }
+                    device_loader = DeviceLoader(loader, self.device)
+                    try:
+                        found = self.task.evaluate(device_loader)
+                    finally:
+                        device_loader.close()
+                    metrics = {f"val/{k}": float(v) for k, v in found.items()}
                     images = {}
                     if getattr(self.logger.backend, "log_images_enabled", False):
-                        first = next(iter(loader))
+                        with batches(loader) as it:
+                            first = next(it)
                         images = self.task.visualize(to_device(first, self.device))
                 self.logger.log_images(images, self.global_step)
                 self.task.train(was_training)
@@ -292,6 +319,8 @@ class Trainer:
             )
         self.max_steps = c.max_steps if c.max_steps > 0 else c.max_epochs * self.steps_per_epoch
         self._updates_seen = sum(self.opt.updates.values())
+        self._buffers = list(task.buffers())
+        self._buffer_copy = [b.detach().clone() for b in self._buffers]
 
     def _step_schedulers(self, interval: str) -> None:
         for scheduler, when in self.schedulers.values():
@@ -305,7 +334,10 @@ class Trainer:
         self.task.train()
         with StopRequest() as stop_request:
             while self.global_step < self.max_steps and self.epoch < self.cfg.max_epochs:
-                stop = self._train_epoch(stop_request)
+                try:
+                    stop = self._train_epoch(stop_request)
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"{e}; {self._last_good_text()}") from None
                 if self.cfg.save_last or stop != "completed":
                     self.save("last.ckpt")  # a stopped run always leaves its resume point
                 if stop != "completed":
@@ -334,18 +366,19 @@ class Trainer:
         )
         stop = "completed"
         self._t0 = time.time()
-        for batch in self.loader:
-            out, n_images, boundary = self._train_batch(batch)
-            bar.update(1)
-            if not boundary:
-                continue
-            self._after_step(out, n_images, bar)
-            requested = D.broadcast_object(stop_request.requested)
-            if requested:
-                stop = f"stopped by {requested}"
-                break
-            if self.global_step >= self.max_steps:
-                break
+        with batches(self.loader) as it:
+            for batch in it:
+                out, n_images, boundary = self._train_batch(batch)
+                bar.update(1)
+                if not boundary:
+                    continue
+                self._after_step(out, n_images, bar)
+                requested = D.broadcast_object(stop_request.requested)
+                if requested:
+                    stop = f"stopped by {requested}"
+                    break
+                if self.global_step >= self.max_steps:
+                    break
         bar.close()
         if stop == "completed" and self.batch_in_epoch >= sampler.num_batches():
             self._end_epoch()
@@ -356,12 +389,18 @@ class Trainer:
         task = self.task
         n_images = batch_size_of(batch) * self.world
         batch = task.on_train_batch_start(to_device(batch, self.device), self.global_step)
+        skipped = self.opt.nonfinite_total
+        if self._buffers:
+            torch._foreach_copy_(self._buffer_copy, self._buffers)
         with autocast_context(self.device, self.cfg.precision):
             out = task.training_step(batch, self.opt)
         if task.automatic_optimization:
             name = next(iter(self.opt.optimizers))
             self.opt.backward(out["loss"], name)
             self.opt.step(name)
+        if self.opt.nonfinite_total != skipped and self._buffers:
+            # a skipped step leaves no trace: its forward already moved e.g. BN statistics
+            torch._foreach_copy_(self._buffers, self._buffer_copy)
         boundary = self.opt.at_boundary
         self.opt.advance()
         self.batch_in_epoch += 1

@@ -63,18 +63,24 @@ Evaluation and prediction
 ``evaluate(loader)`` returns plain floats, keyed like ``"acc_top1"`` (the engine prefixes
 ``val/``). ``monitor`` names the metric (after prefixing) that picks the best checkpoint,
 ``monitor_mode`` is ``"max"`` or ``"min"``. ``visualize(batch)`` returns
-``{key: [(HxWx3 uint8 array, caption), ...]}`` for the logger. ``predict(paths, out_dir)``
-writes predictions (JSON + pictures) for image files.
+``{key: [(HxWx3 uint8 array, caption), ...]}`` for the logger. ``predict_one(path, out_dir,
+stem)`` writes the pictures of one image file and returns its JSON record; ``predict(paths,
+out_dir)`` runs it over files, skipping (and recording) the unreadable ones.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import default_collate
+
+from src.data.base import DataError
+
+log = logging.getLogger(__name__)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -129,6 +135,28 @@ class Task(nn.Module):
         return {}
 
     def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
+        """``predict_one`` for each file, each with its own output stem (``a``, ``a_2``, ...
+        for files of the same name); a file that cannot be read is skipped with a warning and
+        recorded as ``{"path": ..., "error": ...}``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results, used = [], set()
+        for path in map(Path, paths):
+            stem, n = path.stem, 1
+            while stem in used:
+                n += 1
+                stem = f"{path.stem}_{n}"
+            used.add(stem)
+            try:
+                results.append(self.predict_one(path, out_dir, stem))
+            except DataError as e:
+                log.warning("skipped %s: %s", path, e)
+                results.append({"path": str(path), "error": str(e)})
+        return results
+
+    def predict_one(self, path: Path, out_dir: Path, stem: str) -> dict:
+        """Predictions for one image file (pictures named from ``stem`` under ``out_dir``);
+        raises ``DataError`` when the file cannot be read."""
         raise NotImplementedError(f"{type(self).__name__} does not support mode=predict yet")
 
     def export(self, out_dir: Path) -> list[Path]:

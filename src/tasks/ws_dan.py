@@ -167,43 +167,29 @@ class WSDANTask(Task):
             out["drops"].append((denormalize(drops[i]), caption))
         return out
 
-    @torch.no_grad()
-    def predict(self, paths: list[Path], out_dir: Path) -> list[dict]:
+    def predict_one(self, path: Path, out_dir: Path, stem: str) -> dict:
         dataset = self.data.get("val") or self.data.get("train")
         if dataset is None or not hasattr(dataset, "preprocess"):
             raise RuntimeError("WS-DAN predict needs a dataset with preprocess() for its transform")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        names = self.class_names()
         device = next(unwrap(self.net).parameters()).device
-        results, used = [], set()
-        for path in paths:
-            path = Path(path)
-            image = dataset.preprocess(open_rgb(path))[None].to(device)
-            logits, _, mean_map = self.refine(image)
-            probs = logits.softmax(dim=1)[0]
-            top = probs.topk(min(5, probs.numel()))
-            stem, n = path.stem, 1
-            while stem in used:
-                n += 1
-                stem = f"{path.stem}_{n}"
-            used.add(stem)
-            picture = out_dir / f"{stem}_attention.png"
-            shown = Image.fromarray(denormalize(image[0]))
-            if min(shown.size) < self.picture_size:  # small network inputs: enlarge to see
-                scale = self.picture_size / min(shown.size)
-                shown = shown.resize(
-                    (round(shown.width * scale), round(shown.height * scale)), Image.BILINEAR
-                )
-            Image.fromarray(heatmap_overlay(np.asarray(shown), mean_map[0])).save(picture)
-            results.append(
-                {
-                    "path": str(path),
-                    "top5": [
-                        {"class_id": int(k), "class_name": names[int(k)], "probability": float(p)}
-                        for p, k in zip(top.values.tolist(), top.indices.tolist())
-                    ],
-                    "attention_picture": str(picture),
-                }
+        image = dataset.preprocess(open_rgb(path))[None].to(device)
+        logits, _, mean_map = self.refine(image)
+        probs = logits.softmax(dim=1)[0]
+        top = probs.topk(min(5, probs.numel()))
+        names = self.class_names()
+        picture = out_dir / f"{stem}_attention.png"
+        shown = Image.fromarray(denormalize(image[0]))
+        if min(shown.size) < self.picture_size:  # small network inputs: enlarge to see
+            scale = self.picture_size / min(shown.size)
+            shown = shown.resize(
+                (round(shown.width * scale), round(shown.height * scale)), Image.BILINEAR
             )
-        return results
+        Image.fromarray(heatmap_overlay(np.asarray(shown), mean_map[0])).save(picture)
+        return {
+            "path": str(path),
+            "top5": [
+                {"class_id": int(k), "class_name": names[int(k)], "probability": float(p)}
+                for p, k in zip(top.values.tolist(), top.indices.tolist())
+            ],
+            "attention_picture": str(picture),
+        }

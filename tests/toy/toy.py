@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.base import SampleDataset
+from src.data.base import DataError, SampleDataset
 from src.tasks.base import Task, unwrap
 
 
@@ -24,6 +24,7 @@ class Blobs(SampleDataset):
         self.labels = g.integers(0, num_classes, n)
         self.x = (self.centers[self.labels] + g.normal(0, 1, (n, dim))).astype(np.float32)
         self.nan_indices: set[int] = set()
+        self.bad_indices: set[int] = set()  # load() raises DataError, as a corrupt file does
 
     def __len__(self):
         return len(self.labels)
@@ -32,6 +33,8 @@ class Blobs(SampleDataset):
         x = self.x[index].copy()
         if rng is not None:
             x += rng.normal(0, 0.1, x.shape).astype(np.float32)
+        if index in self.bad_indices:
+            raise DataError(f"toy sample {index}: cannot read it (corrupt)")
         if index in self.nan_indices:
             x[:] = np.nan
         return {"x": torch.from_numpy(x), "label": int(self.labels[index]), "index": index}
@@ -45,9 +48,11 @@ def blobs_splits(
     seed: int = 0,
     image_size: int = 8,
     nan_train_indices=(),
+    bad_train_indices=(),
 ):
     train = Blobs(n_train, num_classes, dim, seed, image_size)
     train.nan_indices = set(nan_train_indices)
+    train.bad_indices = set(bad_train_indices)
     val = Blobs(n_val, num_classes, dim, seed, image_size)
     val.centers = train.centers
     return {"train": train, "val": val}

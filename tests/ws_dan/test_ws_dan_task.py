@@ -148,5 +148,9 @@ def test_predict_writes_top5_and_pictures(data, tmp_path):
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00garbage")
+    # an unreadable file is skipped and recorded; the good ones still get their predictions
+    mixed = task.predict([bad, paths[0]], tmp_path / "mixed")
+    assert mixed[0]["path"] == str(bad) and "bad.jpg" in mixed[0]["error"]
+    assert "top5" in mixed[1] and len(list((tmp_path / "mixed").glob("*.png"))) == 1
     with pytest.raises(DataError, match="bad.jpg"):
-        task.predict([bad], tmp_path / "out")
+        task.predict_one(bad, tmp_path / "out", "bad")
