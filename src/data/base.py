@@ -4,6 +4,7 @@
 training samples, ``None`` for evaluation. Readers draw *all* augmentation randomness from it
 (never from ``random`` / ``np.random`` / worker state), so a resumed run sees the same samples.
 """
+
 from __future__ import annotations
 
 from typing import Any

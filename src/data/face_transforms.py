@@ -35,6 +35,7 @@ Deviations, decided and documented:
   random draws), the image is padded to square and the rest of the pipeline runs; the sample has
   zero faces.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -42,8 +43,13 @@ import numpy as np
 
 PRE_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 BGR_MEAN = (104.0, 117.0, 123.0)
-INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST,
-                  cv2.INTER_LANCZOS4)
+INTERPOLATIONS = (
+    cv2.INTER_LINEAR,
+    cv2.INTER_CUBIC,
+    cv2.INTER_AREA,
+    cv2.INTER_NEAREST,
+    cv2.INTER_LANCZOS4,
+)
 MIRROR_PERM = np.array([1, 0, 2, 4, 3])  # left eye <-> right eye, left mouth <-> right mouth
 LANDMARK_POLICIES = ("drop", "clamp", "keep")
 
@@ -71,8 +77,9 @@ def random_square_crop(
 ):
     """Returns ``image, boxes, labels, landmarks, pad_image_flag`` (flag True: every try failed)."""
     if landmark_policy not in LANDMARK_POLICIES:
-        raise ValueError(f"landmark_policy must be one of {LANDMARK_POLICIES}, got "
-                         f"{landmark_policy!r}")
+        raise ValueError(
+            f"landmark_policy must be one of {LANDMARK_POLICIES}, got {landmark_policy!r}"
+        )
     height, width = image.shape[:2]
     if len(boxes) == 0:
         return image, boxes, labels, landmarks, True
@@ -115,7 +122,7 @@ def random_square_crop(
             boxes_t, labels_t, landms_t = boxes_t[big], labels_t[big], landms_t[big]
             if len(boxes_t) == 0:
                 continue
-        image_t = image[roi[1]:roi[3], roi[0]:roi[2]]
+        image_t = image[roi[1] : roi[3], roi[0] : roi[2]]
         return image_t, boxes_t, labels_t, landms_t, False
     return image, boxes, labels, landmarks, True
 
@@ -166,8 +173,13 @@ def pad_to_square(image: np.ndarray, fill=BGR_MEAN) -> np.ndarray:
     return out
 
 
-def mirror(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, labels: np.ndarray,
-           rng: np.random.Generator):
+def mirror(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+):
     """Horizontal flip with probability 0.5, swapping left/right landmarks."""
     if not rng.integers(2):
         return image, boxes, landmarks
@@ -183,8 +195,13 @@ def mirror(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, labels: 
     return image, boxes, landmarks
 
 
-def resize_subtract_mean(image: np.ndarray, size: int, rng: np.random.Generator | None,
-                         mean=BGR_MEAN, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+def resize_subtract_mean(
+    image: np.ndarray,
+    size: int,
+    rng: np.random.Generator | None,
+    mean=BGR_MEAN,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> np.ndarray:
     """Square resize (random interpolation when ``rng``), float32, minus the mean, CHW."""
     if rng is not None:
         interpolation = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
@@ -223,8 +240,15 @@ def train_transform(
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 10)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     image_t, boxes_t, labels_t, landm_t, pad = random_square_crop(
-        image, boxes, labels, landmarks, img_dim, rng, min_face_size=min_face_size,
-        landmark_policy=landmark_policy)
+        image,
+        boxes,
+        labels,
+        landmarks,
+        img_dim,
+        rng,
+        min_face_size=min_face_size,
+        landmark_policy=landmark_policy,
+    )
     image_t = distort(image_t, rng)
     if pad:
         image_t = pad_to_square(image_t, mean)

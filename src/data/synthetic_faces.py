@@ -23,6 +23,7 @@ Settings of the .mat files follow face size like WIDER's: easy keeps faces whose
 Every image is drawn from ``default_rng([seed, split, index])``: the same seed gives the same
 bytes, and image i does not depend on how many images are generated.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,18 @@ def draw_face(img: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> np.
     x, y, w, h = (float(v) for v in box)
     skin = np.array([rng.uniform(60, 140), rng.uniform(110, 190), rng.uniform(150, 240)])
     center = np.array([x + w / 2, y + h / 2])
-    cv2.ellipse(img, _pt(center), (int(w / 2 * 16), int(h / 2 * 16)), 0, 0, 360,
-                tuple(float(v) for v in skin), -1, cv2.LINE_AA, 4)
+    cv2.ellipse(
+        img,
+        _pt(center),
+        (int(w / 2 * 16), int(h / 2 * 16)),
+        0,
+        0,
+        360,
+        tuple(float(v) for v in skin),
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
     rel = TEMPLATE + rng.uniform(-0.03, 0.03, TEMPLATE.shape)
     rel[2, 0] += rng.uniform(-0.08, 0.08)  # a little yaw: the nose moves sideways
     lm = np.array([x, y]) + rel * np.array([w, h])
@@ -85,8 +96,15 @@ def draw_face(img: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> np.
     r_eye = max(1, int(round(w * 0.07 * 16)))
     for p in lm[:2]:
         cv2.circle(img, _pt(p), r_eye, dark, -1, cv2.LINE_AA, 4)
-    cv2.circle(img, _pt(lm[2]), max(1, int(round(w * 0.05 * 16))),
-               tuple(float(v) for v in skin * 0.6), -1, cv2.LINE_AA, 4)
+    cv2.circle(
+        img,
+        _pt(lm[2]),
+        max(1, int(round(w * 0.05 * 16))),
+        tuple(float(v) for v in skin * 0.6),
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
     lip = (60.0, 50.0, 170.0)
     cv2.line(img, _pt(lm[3]), _pt(lm[4]), lip, max(1, int(round(h * 0.04))), cv2.LINE_AA, 4)
     return lm
@@ -102,8 +120,10 @@ def _place_boxes(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray
             if bh >= h or bw >= w:
                 continue
             bx, by = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            if all(bx + bw + 2 <= ox or ox + ow + 2 <= bx or by + bh + 2 <= oy or oy + oh + 2 <= by
-                   for ox, oy, ow, oh in boxes):
+            if all(
+                bx + bw + 2 <= ox or ox + ow + 2 <= bx or by + bh + 2 <= oy or oy + oh + 2 <= by
+                for ox, oy, ow, oh in boxes
+            ):
                 boxes.append([bx, by, bw, bh])
                 break
     return np.array(boxes, dtype=np.int64).reshape(-1, 4)
@@ -182,8 +202,13 @@ def ensure_synthetic_faces(
     anything else than a previous synthetic dataset is never touched (``DataError``).
     """
     root = Path(root)
-    params = {"version": VERSION, "seed": int(seed), "num_train": int(num_train),
-              "num_val": int(num_val), "image_size": int(image_size)}
+    params = {
+        "version": VERSION,
+        "seed": int(seed),
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "image_size": int(image_size),
+    }
     marker = root / MARKER
     if marker.is_file():
         try:
@@ -194,8 +219,10 @@ def ensure_synthetic_faces(
     if root.exists():
         foreign = [p.name for p in root.iterdir() if p.name not in (*OWNED, MARKER)]
         if foreign:
-            raise DataError(f"{root}: not a synthetic_faces directory (contains "
-                            f"{', '.join(sorted(foreign)[:3])}); choose an empty or new root")
+            raise DataError(
+                f"{root}: not a synthetic_faces directory (contains "
+                f"{', '.join(sorted(foreign)[:3])}); choose an empty or new root"
+            )
     log.info("writing synthetic faces to %s (%s)", root, params)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -235,8 +262,13 @@ def synthetic_faces_splits(
     from src.data.widerface import widerface_splits
 
     ensure_synthetic_faces(root, seed, num_train, num_val, image_size)
-    return widerface_splits(root, image_size=train_size or image_size, eval_size=eval_size,
-                            landmark_policy=landmark_policy, min_face_size=min_face_size)
+    return widerface_splits(
+        root,
+        image_size=train_size or image_size,
+        eval_size=eval_size,
+        landmark_policy=landmark_policy,
+        min_face_size=min_face_size,
+    )
 
 
 synthetic_faces_splits.kind = "face_detection"  # the dataset kind Tasks declare in `accepts`

@@ -30,6 +30,7 @@ Bad input: error or counted skip, decided per case
   size is known).
 * An image with no faces: a valid sample with zero faces (the reference crashes on it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -122,8 +123,10 @@ def parse_retinaface_labels(label_file: str | os.PathLike) -> list[FaceRecord]:
                 raise DataError(f"{where}: face line before any '# image path' line")
             vals = _numbers(line, where)
             if len(vals) not in (4, 20):
-                raise DataError(f"{where}: expected 20 numbers (x y w h, 5 x (x y flag), score) "
-                                f"or 4, got {len(vals)}")
+                raise DataError(
+                    f"{where}: expected 20 numbers (x y w h, 5 x (x y flag), score) "
+                    f"or 4, got {len(vals)}"
+                )
             rows.append(vals)
     if path is not None:
         records.append(_finish(path, rows, f"{label_file}:{start}", skipped))
@@ -153,8 +156,9 @@ def parse_wider_val_gt(gt_txt: str | os.PathLike) -> list[FaceRecord]:
         try:
             count = int(lines[i + 1].strip())
         except ValueError:
-            raise DataError(f"{gt_txt}:{i + 2}: expected a face count, got "
-                            f"{lines[i + 1].strip()!r}") from None
+            raise DataError(
+                f"{gt_txt}:{i + 2}: expected a face count, got {lines[i + 1].strip()!r}"
+            ) from None
         i += 2
         rows = []
         n_lines = count if count > 0 else 0
@@ -165,8 +169,9 @@ def parse_wider_val_gt(gt_txt: str | os.PathLike) -> list[FaceRecord]:
                 i += 1
         for k in range(n_lines):
             if i + k >= len(lines):
-                raise DataError(f"{gt_txt}:{start}: count says {count} faces, the file ends "
-                                f"after {k}")
+                raise DataError(
+                    f"{gt_txt}:{start}: count says {count} faces, the file ends after {k}"
+                )
             where = f"{gt_txt}:{i + k + 1}"
             vals = _numbers(lines[i + k], where)
             if len(vals) < 4:
@@ -225,8 +230,10 @@ class WiderFaceDataset(SampleDataset):
         records = list(records)
         missing = [r.path for r in records if not (self.images_dir / r.path).is_file()]
         if missing:
-            msg = (f"{len(missing)} of {len(records)} images listed in {source or 'the labels'} "
-                   f"are missing under {self.images_dir}, e.g. {self.images_dir / missing[0]}")
+            msg = (
+                f"{len(missing)} of {len(records)} images listed in {source or 'the labels'} "
+                f"are missing under {self.images_dir}, e.g. {self.images_dir / missing[0]}"
+            )
             if on_missing == "error" or len(missing) == len(records):
                 raise DataError(msg + "; check the dataset root (or pass on_missing='skip')")
             log.warning("%s; skipping them", msg)
@@ -256,8 +263,14 @@ class WiderFaceDataset(SampleDataset):
             self._warned.add(rec.path)
             self.clipped_boxes += int((changed & keep).sum())
             self.dropped_boxes += int((~keep).sum())
-            log.warning("%s: %d box(es) reach outside the %dx%d image: clipped, %d dropped",
-                        rec.path, int(changed.sum()), width, height, int((~keep).sum()))
+            log.warning(
+                "%s: %d box(es) reach outside the %dx%d image: clipped, %d dropped",
+                rec.path,
+                int(changed.sum()),
+                width,
+                height,
+                int((~keep).sum()),
+            )
         return clipped[keep], rec.landmarks[keep].astype(np.float64), rec.labels[keep]
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
@@ -267,11 +280,20 @@ class WiderFaceDataset(SampleDataset):
         boxes, landmarks, labels = self._clip(rec, height, width)
         if rng is None:
             image, boxes, landmarks, labels, scale = eval_transform(
-                img, boxes, landmarks, labels, self.eval_size, self.mean)
+                img, boxes, landmarks, labels, self.eval_size, self.mean
+            )
         else:
             image, boxes, landmarks, labels = train_transform(
-                img, boxes, landmarks, labels, self.image_size, rng, self.mean,
-                self.min_face_size, self.landmark_policy)
+                img,
+                boxes,
+                landmarks,
+                labels,
+                self.image_size,
+                rng,
+                self.mean,
+                self.min_face_size,
+                self.landmark_policy,
+            )
             scale = float("nan")  # crops: no single mapping back to the file
         return {
             "image": torch.from_numpy(image),
@@ -293,8 +315,7 @@ class WiderFaceDataset(SampleDataset):
         has them, else built from the records (settings by face size, see ``from_records``)."""
         from src.data.widerface_gt import GT_FILES, WiderFaceGT, load_widerface_gt
 
-        if self.gt_dir is not None and all((self.gt_dir / f).is_file()
-                                           for f in GT_FILES.values()):
+        if self.gt_dir is not None and all((self.gt_dir / f).is_file() for f in GT_FILES.values()):
             return load_widerface_gt(self.gt_dir)
         return WiderFaceGT.from_records((r.event, r.name, r.xywh()) for r in self.records)
 
@@ -371,12 +392,24 @@ def widerface_splits(
     if not root.is_dir():
         raise DataError(f"{root}: WIDER FACE root not found (set the dataset root)")
     train = WiderFaceDataset(
-        parse_retinaface_labels(root / train_labels), root / train_images, image_size,
-        eval_size, on_missing=on_missing, min_face_size=min_face_size,
-        landmark_policy=landmark_policy, source=str(root / train_labels))
+        parse_retinaface_labels(root / train_labels),
+        root / train_images,
+        image_size,
+        eval_size,
+        on_missing=on_missing,
+        min_face_size=min_face_size,
+        landmark_policy=landmark_policy,
+        source=str(root / train_labels),
+    )
     val = WiderFaceDataset(
-        parse_wider_val_gt(root / val_gt), root / val_images, image_size, eval_size,
-        on_missing=on_missing, gt_dir=root / gt_dir, source=str(root / val_gt))
+        parse_wider_val_gt(root / val_gt),
+        root / val_images,
+        image_size,
+        eval_size,
+        on_missing=on_missing,
+        gt_dir=root / gt_dir,
+        source=str(root / val_gt),
+    )
     return {"train": train, "val": val}
 
 
