@@ -33,7 +33,9 @@ CHOICES = {
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "scheduler.interval": ("epoch", "step"),
     "logger.mode": ("offline", "online", "disabled"),
-}
+    "dataset.on_missing": ("error", "skip"),
+    "dataset.landmark_policy": ("drop", "clamp"),
+}  # a key the composed config does not have (e.g. logger=none has no mode) is not checked
 FAILED_JOBS: list[str] = []  # multirun jobs that failed (run.py's exit code reports them)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -93,9 +95,10 @@ def check_compatibility(cfg: DictConfig) -> None:
     """A Task declares the loss and dataset kinds it accepts (``accepts``), losses and datasets
     their ``kind``: read from the ``_target_``s without building anything, and stop, naming
     the valid choices, when a pick does not fit."""
+    absent = object()
     for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value not in allowed and not (key == "logger.mode" and "mode" not in cfg.logger):
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is not absent and value not in allowed:
             shown = ", ".join("null" if a is None else str(a) for a in allowed)
             raise UserError(f"{key}={value} is not one of {shown}")
     task_cls = _target_object(cfg.model.get("_target_"))

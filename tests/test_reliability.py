@@ -43,7 +43,7 @@ def _one_line_error(r, *needles: str) -> str:
 
 
 # ---- 1. preemption: the whole process group signalled, data workers included ---------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_group_signal_with_workers_saves_and_exits_cleanly(tmp_path, sig):
     run = tmp_path / "run"
     cmd = [
@@ -267,6 +267,7 @@ def test_predict_skips_unreadable_files_and_refuses_random_weights(tmp_path, dat
         ("scheduler.interval=batch", "scheduler.interval=batch is not one of epoch, step"),
         ("resume=yes", "resume=yes is not one of null, auto"),
         ("logger=wandb logger.mode=live", "logger.mode=live is not one of offline, online"),
+        ("model=retinaface dataset.landmark_policy=keep", "dataset.landmark_policy=keep is not"),
     ],
 )
 def test_fixed_choices_fail_before_anything_is_built(tmp_path, override, needle):
