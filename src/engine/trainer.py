@@ -302,6 +302,7 @@ class Trainer:
             max_consecutive_nonfinite=c.max_consecutive_nonfinite,
         )
         self.opt.listeners.append(task.on_after_optimizer_step)
+        task.__dict__["_optimizers"] = self.opt.optimizers  # Task.optimizers() (warm-up hooks)
         self.schedulers = build_schedulers(self.opt.optimizers, self.scheduler_cfg)
         if ckpt_path:
             self.restore(ckpt_path)

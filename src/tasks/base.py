@@ -47,7 +47,8 @@ any field for one group (``optimizer.groups.D.lr=4e-4``,
 Hooks (all optional; the engine calls them in this order)
 ------------------------------------------------------------
 ``on_train_epoch_start(epoch)``; per batch ``on_train_batch_start(batch, step) -> batch``
-(multi-scale resizing, warm-up; ``step`` = optimizer steps done so far);
+(multi-scale resizing, warm-up through ``self.optimizers()``; ``step`` = optimizer steps done
+so far);
 ``on_after_optimizer_step(name)`` after every parameter update of optimizer ``name`` (weight
 clipping); ``on_train_epoch_end(epoch)``. EMA of the weights is the engine's
 (``trainer.ema_decay``), over ``ema_modules`` (default: ``ddp_modules``).
@@ -113,6 +114,11 @@ class Task(nn.Module):
 
     def training_step(self, batch: Any, opt: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The engine's optimizers by group name while training (``{}`` before ``fit``): what
+        a warm-up in ``on_train_batch_start`` adjusts (``param_groups[i]["lr"]``)."""
+        return dict(self.__dict__.get("_optimizers", {}))
 
     # ---- hooks ----------------------------------------------------------------------
     def on_train_epoch_start(self, epoch: int) -> None:

@@ -123,13 +123,14 @@ def test_with_several_optimizers_a_backward_reaches_only_its_own_group():
 class HookedToy(ToyTask):
     def __init__(self, data):
         super().__init__(ToyNet(), torch.nn.CrossEntropyLoss(), data)
-        self.calls = []
+        self.calls, self.lrs = [], []
 
     def on_train_epoch_start(self, epoch):
         self.calls.append(("epoch_start", epoch))
 
     def on_train_batch_start(self, batch, step):
         self.calls.append(("batch", step))
+        self.lrs.append(self.optimizers()["main"].param_groups[0]["lr"])
         return {**batch, "x": batch["x"] * 0}  # what a hook returns is what the step sees
 
     def on_after_optimizer_step(self, name):
@@ -173,6 +174,7 @@ def test_hooks_run_in_order_and_the_batch_hook_feeds_the_step(tmp_path):
         ("epoch_end", e),
     ]
     assert task.calls == epoch(0, 0) + epoch(1, 2)
+    assert task.lrs == [0.1] * 8  # the hook reaches the engine's optimizer (warm-up)
     # inputs zeroed by the hook: the first layer's weight gets no gradient and keeps its init
     seed_everything(0)
     fresh = ToyNet()
