@@ -203,6 +203,45 @@ def _run_names(cfg: DictConfig, run_dir: Path) -> tuple[str, str | None]:
     return f"{cfg.task_name}-{run_dir.name}", None
 
 
+def _git_state() -> dict[str, Any]:
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git/commit": commit, "git/dirty": dirty} if commit else {}
+
+
+def run_keys(cfg: DictConfig) -> dict[str, Any]:
+    """Flat keys a runs table groups and filters by: the option chosen in every group
+    (``choices/model``), the job's command-line overrides (one string and one key each), the
+    git commit and whether the tree was dirty, the sweep and job number, the mode."""
+    keys: dict[str, Any] = {"mode": cfg.mode, **_git_state()}
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return keys
+    for group, option in hc.runtime.choices.items():
+        if not str(group).startswith("hydra"):
+            keys[f"choices/{group}"] = option
+    overrides = list(hc.overrides.task)
+    keys["overrides"] = " ".join(overrides)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        keys[f"override/{key.lstrip('+~')}"] = value
+    if hc.mode == RunMode.MULTIRUN:
+        keys["sweep/id"] = Path(hc.sweep.dir).name
+        keys["sweep/job"] = hc.job.num
+    return keys
+
+
 def _image_paths(spec: str) -> list[Path]:
     p = Path(spec)
     if p.is_file():
@@ -253,7 +292,7 @@ def run(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg, run_dir, enabled=rank_zero)
     trainer.logger = logger
     name, group = _run_names(cfg, run_dir)
-    logger.start(OmegaConf.to_container(cfg, resolve=True), name, group)
+    logger.start({**OmegaConf.to_container(cfg, resolve=True), **run_keys(cfg)}, name, group)
     summary: dict[str, Any] = {"status": "failed", "mode": cfg.mode}
     exit_code = 1
     try:

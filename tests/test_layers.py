@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ``app`` is the entry point's glue (src/app.py, src/__init__.py): anything.
 RULES: dict[str, tuple[str, ...]] = {
     "app": ("*",),
+    "compare": ("utils",),  # python -m src.compare: reads run dirs
     "engine": ("utils", "config", "logging"),
     "tasks": ("models", "losses", "metrics", "data", "nn", "ops", "utils", "logging"),
     "models": ("nn", "ops", "ops_cuda", "utils"),

@@ -450,6 +450,7 @@ class Trainer:
             "global_step": self.global_step,
             "epoch": self.epoch,
             "monitor": self.task.monitor,
+            "monitor_mode": self.task.monitor_mode,
             "best": self.best,
             **self.last_metrics,
             "nonfinite_skipped": getattr(getattr(self, "opt", None), "nonfinite_total", 0),

@@ -1,0 +1,118 @@
+"""`python -m src.compare`: the same comparison as a W&B runs table, offline, on real run dirs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from src.compare import find_runs, main, table, varying
+from tests.conftest import TOY, run_cli
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A real 2 x 2 toy sweep (lr x batch size), plus one failed and one unfinished run."""
+    root = tmp_path_factory.mktemp("sweep")
+    r = run_cli(
+        "-m",
+        *TOY,
+        "logger=none",
+        "seed=0",
+        "trainer.max_epochs=3",
+        "optimizer.lr=0.1,0.01",
+        "trainer.batch_size=8,16",
+        f"hydra.sweep.dir={root}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    failed = root / "4"
+    shutil.copytree(root / "0" / ".hydra", failed / ".hydra")
+    (failed / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    unfinished = root / "5"
+    shutil.copytree(root / "1" / ".hydra", unfinished / ".hydra")
+    (unfinished / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "tr')
+    return root
+
+
+def _best_acc(run_dir):
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return max(r["val/acc"] for r in recs if "val/acc" in r)
+
+
+def test_table_shows_what_differed_sorted_by_the_monitor(sweep):
+    runs = find_runs([sweep])
+    assert len(runs) == 6
+    assert varying(runs) == ["optimizer.lr", "trainer.batch_size"]  # not the shared overrides
+    header, rows, best = table(runs, ["val/loss"])
+    assert header[:7] == [
+        "",
+        "run",
+        "optimizer.lr",
+        "trainer.batch_size",
+        "status",
+        "steps",
+        "seconds",
+    ]
+    assert "best val/acc" in header and "final val/loss" in header
+    bests = {j: _best_acc(sweep / j) for j in "0123"}  # the oracle: the metrics files by hand
+    i = header.index("best val/acc")
+    done = [row for row in rows if row[4] == "completed"]
+    assert [row[i] for row in done] == sorted(bests.values(), reverse=True)
+    assert rows[0][0] == "*" and best.path.name == max(bests, key=bests.get)
+    assert {row[1]: row[4] for row in rows if row[1] in "45"} == {"4": "failed", "5": "unfinished"}
+    steps = {row[1]: row[5] for row in rows}
+    assert steps["0"] == 24 and steps["1"] == 12  # 64 samples, batch 8 / 16, 3 epochs
+
+
+def test_cli_prints_the_table_and_writes_csv_and_a_png(sweep, tmp_path, capsys):
+    png, csv_file = tmp_path / "curves.png", tmp_path / "runs.csv"
+    rc = main(
+        [
+            str(sweep),
+            "--metric",
+            "val/loss",
+            "--plot",
+            "val/acc",
+            "train/loss",
+            "--out",
+            str(png),
+            "--csv",
+            str(csv_file),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "6 runs, monitored val/acc" in out and "optimizer.lr" in out and "unfinished" in out
+    assert "model" not in out.split("┃ run ┃")[1].split("\n")[0]  # shared overrides not shown
+    lines = csv_file.read_text().splitlines()
+    assert len(lines) == 7 and lines[0].startswith(",run,optimizer.lr,trainer.batch_size")
+    image = Image.open(png)
+    assert image.size[0] >= 600 and image.size[1] >= 500 and png.stat().st_size > 20_000
+
+
+def test_no_runs_is_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no runs under") and "\n" not in err
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_optuna_sweep_reports_the_best_parameters(tmp_path, capsys):
+    sweep = tmp_path / "optuna"
+    r = run_cli(
+        *TOY,
+        "hparams_search=optuna",
+        "optimized_metric=val/acc",
+        "logger=none",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "trainer.max_steps=4",
+        "trainer.batch_size=8",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out and "Optuna" in out and "best value" in out and "optimizer.lr=" in out
