@@ -292,7 +292,15 @@ def run(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg, run_dir, enabled=rank_zero)
     trainer.logger = logger
     name, group = _run_names(cfg, run_dir)
-    logger.start({**OmegaConf.to_container(cfg, resolve=True), **run_keys(cfg)}, name, group)
+    logger.start(
+        {**OmegaConf.to_container(cfg, resolve=True), **run_keys(cfg)},
+        name,
+        group,
+        job_type=cfg.mode,
+        tags=list(cfg.get("tags") or []),
+        monitor=task.monitor,
+        monitor_mode=task.monitor_mode,
+    )
     summary: dict[str, Any] = {"status": "failed", "mode": cfg.mode}
     exit_code = 1
     try:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from src.compare import find_runs, main, table, varying
-from tests.conftest import TOY, run_cli
+from tests.conftest import TOY, cli_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,46 @@ def test_optuna_sweep_reports_the_best_parameters(tmp_path, capsys):
     assert main([str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "2 runs" in out and "Optuna" in out and "best value" in out and "optimizer.lr=" in out
+
+
+def test_wandb_runs_carry_choices_overrides_and_best_summaries(tmp_path):
+    """A 4-job sweep: 4 offline W&B runs whose config has the choices/* and override keys and
+    whose summaries hold the best val/* values (read back from the offline run files)."""
+    from tests.wandb_records import run_summary
+
+    root = tmp_path / "sweep"
+    env = cli_env(WANDB_MODE="offline")
+    r = run_cli(
+        "-m",
+        *TOY,
+        "logger=wandb",
+        "logger.mode=offline",
+        "seed=0",
+        "tags=[cmp]",
+        "trainer.max_epochs=3",
+        "trainer.eval_every_n_steps=2",
+        "optimizer.lr=1.0,0.01",
+        "trainer.batch_size=8,16",
+        f"hydra.sweep.dir={root}",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen, best_is_not_last = set(), False
+    for job in "0123":
+        (wandb_file,) = (root / job / "wandb").glob("offline-run-*/run-*.wandb")
+        run = run_summary(wandb_file)
+        cfg = run["config"]
+        assert cfg["choices/model"] == "toy" and cfg["choices/optimizer"] == "sgd"
+        assert cfg["sweep/job"] == int(job) and cfg["sweep/id"] == "sweep"
+        assert f"optimizer.lr={cfg['override/optimizer.lr']}" in cfg["overrides"]
+        assert "git/commit" in cfg and isinstance(cfg["git/dirty"], bool)
+        seen.add((cfg["override/optimizer.lr"], cfg["override/trainer.batch_size"]))
+        assert run["job_type"] == "train" and "cmp" in run["tags"]
+        recs = [json.loads(x) for x in (root / job / "metrics.jsonl").read_text().splitlines()]
+        accs = [x["val/acc"] for x in recs if "val/acc" in x]
+        losses = [x["val/loss"] for x in recs if "val/loss" in x]
+        assert run["summary"]["val/acc"] == max(accs) and run["summary"]["val/loss"] == min(losses)
+        assert run["metrics"]["val/acc"].summary.max and run["metrics"]["val/loss"].summary.min
+        best_is_not_last |= max(accs) != accs[-1] or min(losses) != losses[-1]
+    assert best_is_not_last  # so the summaries above are best-so-far, not last
+    assert seen == {("1.0", "8"), ("1.0", "16"), ("0.01", "8"), ("0.01", "16")}

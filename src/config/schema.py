@@ -139,6 +139,8 @@ class WandbConfig:
     log_images: bool = True
     num_images: int = 4
     log_checkpoint: bool = False  # upload best/last checkpoints as an artifact at the end
+    box_min_score: float = 0.0  # detection overlays: predictions below it are not sent
+    max_boxes: int = 100  # detection overlays: boxes per picture, highest scores first
 
 
 @dataclass

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .detections import as_detection_item, is_detection_item, wandb_boxes
+
 
 class WandbLogger:
     def __init__(
@@ -23,6 +25,8 @@ class WandbLogger:
         log_images: bool = True,
         num_images: int = 4,
         log_checkpoint: bool = False,
+        box_min_score: float = 0.0,
+        max_boxes: int = 100,
     ):
         self.kwargs = dict(
             project=project, entity=entity, mode=mode, name=name, group=group, tags=list(tags or [])
@@ -30,24 +34,55 @@ class WandbLogger:
         self.log_images_enabled = log_images
         self.num_images = num_images
         self.log_checkpoint = log_checkpoint
+        self.box_min_score = box_min_score  # predictions below it are not sent
+        self.max_boxes = max_boxes  # per picture, highest scores first
         self.run = None
+        self.monitor, self.monitor_mode = None, "max"
+        self._defined: set[str] = set()  # val/* metrics whose W&B summary is their best
+        self._best: dict[str, float] = {}
 
     def start(
-        self, run_dir: Path, config: dict[str, Any], job_name: str | None, sweep_group: str | None
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        job_name: str | None,
+        sweep_group: str | None,
+        job_type: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        monitor: str | None = None,
+        monitor_mode: str = "max",
     ) -> None:
+        """``job_type`` is the mode; ``tags`` join the logger's own; every ``val/*`` metric's
+        summary is its best value (the monitor in the Task's direction, losses min, the rest
+        max), so the runs table shows best-so-far, not last."""
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
         kwargs = dict(self.kwargs)
         kwargs["group"] = kwargs["group"] or sweep_group
         kwargs["name"] = kwargs["name"] or job_name
+        kwargs["tags"] = list(dict.fromkeys([*kwargs["tags"], *map(str, tags)]))
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        self._defined, self._best = set(), {}
         self.run = wandb.init(
             dir=str(run_dir),
             config=config,
+            job_type=job_type,
             reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True),
             **kwargs,
         )
+
+    def summary_direction(self, key: str) -> str:
+        if key == self.monitor:
+            return self.monitor_mode
+        return "min" if "loss" in key.rsplit("/", 1)[-1] else "max"
+
+    def _define(self, metrics: dict[str, Any]) -> None:
+        for key in metrics:
+            if key.startswith("val/") and key not in self._defined:
+                self.run.define_metric(key, summary=self.summary_direction(key))
+                self._defined.add(key)
 
     @property
     def run_dir(self) -> str | None:
@@ -55,25 +90,56 @@ class WandbLogger:
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:
+            self._define(metrics)
             self.run.log(metrics, step=step)
+            for key in self._defined.intersection(metrics):  # best-so-far, also offline
+                value = metrics[key]
+                if not isinstance(value, (int, float)) or value != value:
+                    continue
+                old = self._best.get(key)
+                better = max if self.summary_direction(key) == "max" else min
+                self._best[key] = value if old is None else better(old, value)
+                self.run.summary[key] = self._best[key]
 
-    def log_images(self, images: dict[str, list], step: int) -> None:
-        if self.run is None or not self.log_images_enabled or not images:
-            return
+    def _image(self, item: Any):
         import wandb
 
+        if is_detection_item(item):
+            det = as_detection_item(item)
+            return wandb.Image(
+                det.image,
+                boxes=wandb_boxes(det, self.box_min_score, self.max_boxes),
+                caption=det.caption,
+            )
+        img, cap = item
+        return wandb.Image(img, caption=cap)
+
+    def log_images(self, images: dict[str, list], step: int) -> None:
+        """``{key: [(image, caption) | DetectionItem, ...]}``; the first ``num_images`` of each
+        key. Detection items become box overlays (see ``src/logging/detections.py``)."""
+        if self.run is None or not self.log_images_enabled or not images:
+            return
         self.run.log(
             {
-                key: [wandb.Image(img, caption=cap) for img, cap in items[: self.num_images]]
+                key: [self._image(item) for item in items[: self.num_images]]
                 for key, items in images.items()
             },
             step=step,
         )
 
+    def log_detections(self, key: str, items: list, step: int) -> None:
+        """Box overlays of ``DetectionItem`` s (image, predictions, ground truth, class names):
+        predictions with scores and ground truth as two toggleable groups."""
+        if items:
+            self.log_images({key: [as_detection_item(x) for x in items]}, step)
+
     def log_summary(self, summary: dict[str, Any]) -> None:
+        """The run's summary.json entries, except the ``val/*`` metrics W&B keeps at their best
+        (the last values are in the history)."""
         if self.run is not None:
             for k, v in summary.items():
-                self.run.summary[k] = v
+                if k not in self._defined:
+                    self.run.summary[k] = v
 
     def log_artifact(self, paths: list[Path], name: str) -> None:
         if self.run is None or not self.log_checkpoint:
