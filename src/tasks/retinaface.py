@@ -32,6 +32,7 @@ import torch
 from src.data.base import DataError
 from src.data.face_transforms import BGR_MEAN
 from src.data.widerface import collate_faces
+from src.logging.detections import DetectionItem
 from src.models.retinaface.detect import DetectConfig, detect
 from src.tasks.base import Task, unwrap
 
@@ -47,6 +48,7 @@ def draw_detections(
     scores: np.ndarray,
     landmarks: np.ndarray,
     threshold: float = 0.5,
+    draw_boxes: bool = True,
 ) -> np.ndarray:
     """A copy of the uint8 BGR image with boxes, scores and landmarks of detections whose score
     is at least ``threshold`` (pixel coordinates of the image)."""
@@ -56,16 +58,17 @@ def draw_detections(
         if score < threshold:
             continue
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), thick)
-        cv2.putText(
-            out,
-            f"{score:.2f}",
-            (x1, max(y1 - 3, 8)),
-            cv2.FONT_HERSHEY_DUPLEX,
-            0.35 * thick,
-            (255, 255, 255),
-            1,
-        )
+        if draw_boxes:  # (off: the boxes are an overlay of their own, W&B)
+            cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), thick)
+            cv2.putText(
+                out,
+                f"{score:.2f}",
+                (x1, max(y1 - 3, 8)),
+                cv2.FONT_HERSHEY_DUPLEX,
+                0.35 * thick,
+                (255, 255, 255),
+                1,
+            )
         for k, colour in enumerate(LANDMARK_COLOURS):
             x, y = float(pts[2 * k]), float(pts[2 * k + 1])
             if x >= 0 and y >= 0:
@@ -204,19 +207,39 @@ class RetinaFaceTask(Task):
 
     @torch.no_grad()
     def visualize(self, batch: dict) -> dict[str, list]:
+        """W&B box overlays (predictions with scores, ground truth) over pictures with the
+        predicted landmarks drawn in."""
         images = batch["image"][: self.num_visualize]
         dets = self.detect_batch(images)
+        h, w = images.shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         out = []
-        for img, d in zip(images, dets):
+        for i, (img, d) in enumerate(zip(images, dets)):
+            scores = d["scores"].cpu().numpy()
             picture = draw_detections(
                 to_bgr_uint8(img),
                 d["boxes"].cpu().numpy(),
-                d["scores"].cpu().numpy(),
+                scores,
                 d["landmarks"].cpu().numpy(),
                 self.vis_threshold,
+                draw_boxes=False,
             )
-            n = int((d["scores"] >= self.vis_threshold).sum())
-            out.append((picture[:, :, ::-1].copy(), f"{n} faces >= {self.vis_threshold:.2f}"))
+            gt = batch["boxes"][i].float().cpu()
+            gt = gt[(gt >= 0).all(dim=1)] * scale  # normalised corners -> pixels, no padding
+            n = int((scores >= self.vis_threshold).sum())
+            out.append(
+                DetectionItem(
+                    picture[:, :, ::-1].copy(),
+                    {
+                        "boxes": d["boxes"].cpu(),
+                        "scores": d["scores"].cpu(),
+                        "labels": torch.zeros(len(scores), dtype=torch.long),
+                    },
+                    {"boxes": gt, "labels": torch.zeros(len(gt), dtype=torch.long)},
+                    ("face",),
+                    f"{n} faces >= {self.vis_threshold:.2f}",
+                )
+            )
         return {"detections": out}
 
     def predict_one(self, path: Path, out_dir: Path, stem: str) -> dict:

@@ -141,9 +141,17 @@ def test_evaluate_scores_only_the_images_run(task):
 
 def test_visualize_and_predict(task, tmp_path):
     task.vis_threshold = 0.0  # an untrained net: draw whatever it finds
-    pics = task.visualize(_batches(task, "val", 2)[0])["detections"]
+    batch = _batches(task, "val", 2)[0]
+    pics = task.visualize(batch)["detections"]  # box overlays for W&B (src/logging/detections)
     assert len(pics) == 2
-    assert all(p.dtype == np.uint8 and p.ndim == 3 and p.shape[2] == 3 for p, _ in pics)
+    h, w = batch["image"].shape[-2:]
+    for i, item in enumerate(pics):
+        assert item.image.dtype == np.uint8 and item.image.shape == (h, w, 3)
+        assert item.class_names == ("face",)
+        assert len(item.predictions["boxes"]) == len(item.predictions["scores"]) > 0
+        valid = batch["boxes"][i][(batch["boxes"][i] >= 0).all(dim=1)]
+        want = valid.double() * torch.tensor([w, h, w, h], dtype=torch.float64)
+        torch.testing.assert_close(item.ground_truth["boxes"].double(), want)
     ds = task.datasets()["val"]
     paths = [ds.images_dir / r.path for r in ds.records[:2]]
     with torch.no_grad():
