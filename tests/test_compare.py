@@ -159,3 +159,41 @@ def test_wandb_runs_carry_choices_overrides_and_best_summaries(tmp_path):
         best_is_not_last |= max(accs) != accs[-1] or min(losses) != losses[-1]
     assert best_is_not_last  # so the summaries above are best-so-far, not last
     assert seen == {("1.0", "8"), ("1.0", "16"), ("0.01", "8"), ("0.01", "16")}
+
+
+def test_logger_modes_offline_online_disabled(tmp_path, monkeypatch):
+    """disabled writes no W&B files; online hands mode=online to wandb.init (no network here,
+    so the call itself is captured); offline is exercised by the sweep test above."""
+    r = run_cli(
+        *TOY,
+        "logger=wandb",
+        "logger.mode=disabled",
+        "trainer.max_steps=2",
+        f"hydra.run.dir={tmp_path / 'off'}",
+        env=cli_env(),
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "off" / "metrics.jsonl").is_file()
+    assert not list((tmp_path / "off").rglob("*.wandb"))
+
+    import wandb
+
+    from src.logging.wandb_logger import WandbLogger
+
+    seen = {}
+
+    class FakeRun:
+        summary: dict = {}
+
+        def define_metric(self, *a, **k):
+            pass
+
+        def log(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or FakeRun())
+    WandbLogger(mode="online", tags=["x"]).start(
+        tmp_path, {"a": 1}, "job", "grp", job_type="eval", tags=["y"]
+    )
+    assert seen["mode"] == "online" and seen["job_type"] == "eval"
+    assert seen["tags"] == ["x", "y"] and seen["group"] == "grp" and seen["name"] == "job"

@@ -119,13 +119,31 @@ class WandbLogger:
         key. Detection items become box overlays (see ``src/logging/detections.py``)."""
         if self.run is None or not self.log_images_enabled or not images:
             return
-        self.run.log(
-            {
-                key: [self._image(item) for item in items[: self.num_images]]
-                for key, items in images.items()
-            },
-            step=step,
-        )
+        logged = {}
+        for key, items in images.items():
+            pictures = [self._image(item) for item in items[: self.num_images]]
+            logged[key] = pictures
+            if items and all(is_detection_item(x) for x in items[: self.num_images]):
+                logged[f"{key}_table"] = self._table(items[: self.num_images], pictures)
+        self.run.log(logged, step=step)
+
+    def _table(self, items: list, pictures: list):
+        """Per-image predictions of a few validation images, as a wandb.Table."""
+        import wandb
+
+        table = wandb.Table(columns=["image", "caption", "predictions", "top_score", "gt_boxes"])
+        for item, picture in zip(map(as_detection_item, items), pictures):
+            scores = [float(v) for v in item.predictions.get("scores", [])]
+            kept = [v for v in scores if v >= self.box_min_score]
+            gt = item.ground_truth or {}
+            table.add_data(
+                picture,
+                item.caption or "",
+                len(kept),
+                max(scores, default=None),
+                len(gt.get("boxes", [])),
+            )
+        return table
 
     def log_detections(self, key: str, items: list, step: int) -> None:
         """Box overlays of ``DetectionItem`` s (image, predictions, ground truth, class names):

@@ -130,5 +130,8 @@ def test_wandb_offline_run_records_the_boxes(tmp_path, monkeypatch):
     assert all(r["box_data"][0]["class_id"] == 1 for r in gts)
     data = next(run.glob("run-*.wandb")).read_bytes()
     assert b"val/detections" in data and b"boxes2D" in data and b"val/plain" in data
+    # a wandb.Table of per-image predictions next to the overlays (not for plain pictures)
+    assert b"val/detections_table" in data and b"val/plain_table" not in data
+    assert list(media.rglob("*.table.json"))
     assert b'"dog"' in data  # class labels are in the logged image records
     assert len(list(media.rglob("*.png"))) == 4
