@@ -38,11 +38,37 @@ MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Per-model overrides that keep a step within seconds on 2 CPU cores (taken from each model's
 # own tests). A model missing here runs with debug=fast alone.
 SHRINK: dict[str, list[str]] = {
+    "centernet": [
+        "dataset.image_size=64",
+        "dataset.num_train=8",
+        "dataset.num_val=4",
+        "model.export_size=[64,64]",
+    ],
+    "yolov3": [
+        "dataset.image_size=64",
+        "dataset.num_train=8",
+        "dataset.num_val=4",
+        "dataset.source_size=64",
+        "model.net.width=0.125",
+        "model.net.blocks=[1,1,1,1,1]",
+        "model.predict_size=64",
+        "model.export_size=[64,64]",
+    ],
     "ws_dan": [
         "model.net.backbone=resnet18",
         "model.net.feature_index=1",
         "model.net.num_attentions=2",
         "dataset.image_size=32",
+    ],
+    "pix2pix": [
+        "dataset.image_size=32",
+        "dataset.num_train=8",
+        "dataset.num_val=8",
+        "dataset.num_test=1",
+        "dataset.source_size=36",
+        "model.generator.ngf=8",
+        "model.discriminator.ndf=8",
+        "model.pool_size=4",  # the image pool's buffers go through the state-dict checks
     ],
     "retinaface": [
         "dataset.image_size=64",
