@@ -52,6 +52,9 @@ def _config_repository():
             search_path.append(source.provider, f"{source.schema}://{source.path}")
     except ValueError:  # no Hydra context (tests composing by hand): conf/ alone
         search_path.append("main", f"file://{CONF_DIR}")
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # registers the config source types (file://, pkg://, structured://)
     return ConfigRepository(search_path)
 
 
@@ -73,15 +76,35 @@ def kind_of(node: Any) -> str | None:
     return getattr(_target_object(target), "kind", None)
 
 
+def option_kind(group: str, option: str, repo: Any = None, _seen: tuple = ()) -> str | None:
+    """The kind of ``group=option`` as its file declares it: its ``_target_``'s, or, for a file
+    that only extends another option of the group (``defaults: [giou, _self_]``), that one's."""
+    repo = repo or _config_repository()
+    result = repo.load_config(f"{group}/{option}")
+    if result is None:
+        return None
+    if result.config.get("_target_"):
+        return kind_of(result.config)
+    for entry in result.defaults_list or []:
+        name = getattr(entry, "path", None) or getattr(entry, "name", None)
+        if not name or name == "_self_" or "schema" in name:
+            continue
+        name = name.split("/")[-1] if name.startswith((f"{group}/", f"/{group}/")) else name
+        if "/" not in name and name not in _seen:
+            kind = option_kind(group, name, repo, (*_seen, option))
+            if kind is not None:
+                return kind
+    return None
+
+
 def choices_of_kind(group: str, kinds: tuple[str, ...]) -> list[str]:
     """``group=option`` for every option on the config search path whose kind is in kinds."""
     repo = _config_repository()
-    out = []
-    for option in repo.get_group_options(group):
-        result = repo.load_config(f"{group}/{option}")
-        if result is not None and kind_of(result.config) in kinds:
-            out.append(f"{group}={option}")
-    return out
+    return [
+        f"{group}={option}"
+        for option in repo.get_group_options(group)
+        if option_kind(group, option, repo) in kinds
+    ]
 
 
 def _choice(group: str) -> str:

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from src.app import CONF_DIR, check_compatibility, kind_of
+from src.app import CONF_DIR, check_compatibility, option_kind
 from src.config import register_configs
 from src.utils.errors import UserError
 from src.utils.resolvers import register_resolvers
@@ -40,7 +40,7 @@ def _fits(model: str, group: str, option: str) -> bool:
     """What the Task class declares (``accepts``) against the option's ``kind``."""
     task = get_object(OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")._target_)
     kinds = task.accepts.get(group, ())
-    return not kinds or kind_of(OmegaConf.load(CONF_DIR / group / f"{option}.yaml")) in kinds
+    return not kinds or option_kind(group, option) in kinds
 
 
 # what each trainer takes, written out by hand (an independent statement of the declarations)
