@@ -1,0 +1,36 @@
+"""GAN networks shared by the image-to-image trainers: U-Net and ResNet generators, PatchGAN,
+pixel and multi-scale discriminators, the image pool, ONNX export."""
+
+from src.models.gan.discriminators import (
+    MultiscaleDiscriminator,
+    NLayerDiscriminator,
+    PixelDiscriminator,
+    build_discriminator,
+)
+from src.models.gan.export import export_generator_onnx
+from src.models.gan.generators import (
+    GeneratorSizeError,
+    ResnetGenerator,
+    UnetGenerator,
+    build_generator,
+    check_input_size,
+)
+from src.models.gan.layers import count_parameters, init_weights, norm_layer
+from src.models.gan.pool import ImagePool
+
+__all__ = [
+    "GeneratorSizeError",
+    "ImagePool",
+    "MultiscaleDiscriminator",
+    "NLayerDiscriminator",
+    "PixelDiscriminator",
+    "ResnetGenerator",
+    "UnetGenerator",
+    "build_discriminator",
+    "build_generator",
+    "check_input_size",
+    "count_parameters",
+    "export_generator_onnx",
+    "init_weights",
+    "norm_layer",
+]
