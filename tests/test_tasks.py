@@ -70,6 +70,43 @@ SHRINK: dict[str, list[str]] = {
         "model.discriminator.ndf=8",
         "model.pool_size=4",  # the image pool's buffers go through the state-dict checks
     ],
+    "wgan": [
+        "dataset.image_size=16",
+        "dataset.num_train=8",
+        "dataset.num_val=4",
+        "dataset.source_size=16",
+        "model.generator.ngf=4",
+        "model.critic.ndf=4",
+        "model.num_samples=4",
+    ],
+    "wgan_gp": [
+        "dataset.image_size=16",
+        "dataset.num_train=8",
+        "dataset.num_val=4",
+        "dataset.source_size=16",
+        "model.generator.ngf=4",
+        "model.critic.ndf=4",
+        "model.num_samples=4",
+    ],
+    "pix2pixhd": [
+        "dataset.num_train=8",
+        "dataset.num_test=4",
+        "model.generator.ngf=8",
+        "model.generator.n_blocks_global=1",
+        "model.discriminator.ndf=8",
+        "model.pool_size=4",  # the image pool's buffers go through the state-dict checks
+    ],
+    "cyclegan": [
+        "dataset.image_size=32",
+        "dataset.num_train_a=8",
+        "dataset.num_train_b=6",
+        "dataset.num_test=8",  # two val batches of 4
+        "dataset.source_size=36",
+        "model.generator.name=resnet_1blocks",
+        "model.generator.ngf=4",
+        "model.discriminator.ndf=4",
+        "model.pool_size=4",  # both image pools' buffers go through the state-dict checks
+    ],
     "retinaface": [
         "dataset.image_size=64",
         "dataset.num_train=8",
