@@ -4,6 +4,7 @@ the ONNX scan, the tie rule, full-depth backbone taps, heads and shapes."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +186,31 @@ def test_hourglass_two_stacks():
     out = m(torch.randn(2, 3, 64, 64))
     assert len(out) == 2 and out[1]["br_heat"].shape == (2, 2, 16, 16)
     assert "backbone.inters_.0.0.weight" in m.state_dict()
+
+
+def test_onnx_export_equals_torch_decode(tmp_path):
+    """The exported graph (network + decode, up to soft-NMS) run in onnxruntime gives the
+    torch decode's boxes (in input pixels) and scores."""
+    ort = pytest.importorskip("onnxruntime")
+    from src.models.centernet.decode import DecodeConfig, decode
+    from src.models.centernet.export import export_onnx
+
+    torch.manual_seed(0)
+    m = CenterNet(3, "ghostnet_050", cnv_dim=8, head_dim=8, pool_dim=4, neck_dim=8).eval()
+    with torch.no_grad():  # spread the untrained maps so scores and tags are not near-tied
+        for heads in (m.tl_heats, m.br_heats, m.ct_heats, m.tl_tags, m.br_tags):
+            heads[0][1].weight.normal_(0, 1.0)
+    cfg = DecodeConfig(top_k=10, num_dets=50, flip=False, ae_threshold=100.0)
+    path = export_onnx(m, tmp_path / "c.onnx", (64, 64), cfg)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        d = decode(m(x)[-1], cfg)
+    # rejected pairs all score -1 and come in any order (a tie): compare the kept ones
+    np.testing.assert_allclose(got["scores"], d["scores"].numpy(), rtol=1e-4, atol=1e-5)
+    kept = d["scores"].numpy() > -1
+    assert kept.sum() >= 20
+    np.testing.assert_allclose(got["boxes"][kept], d["boxes"].numpy()[kept] * 4, atol=1e-3)
+    np.testing.assert_array_equal(got["classes"][kept], d["classes"].numpy()[kept])
+    np.testing.assert_allclose(got["centers"], d["centers"].numpy() * 4, rtol=1e-4, atol=1e-3)
