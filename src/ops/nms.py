@@ -13,6 +13,18 @@ iterated from "not suppressed yet", exact after at most longest-chain + 1 rounds
 O(K x block) for K kept boxes.
 The kernel path (ops_cuda/nms.cu) builds the same matrix as 64-bit masks and reduces it in
 one GPU thread.
+
+On the CPU in the default ``auto`` backend, the suppression runs in torchvision's compiled
+``nms`` (``_nms_torchvision``), made exactly this algorithm: boxes are put in our stable rank
+order first and handed strictly decreasing rank scores (so its sort cannot break ties
+differently), the legacy ``offset`` is a shift of the far corner (IoU with offset 1 of
+``(x1, y1, x2, y2)`` equals IoU with offset 0 of ``(x1, y1, x2 + 1, y2 + 1)``: widths and
+intersections both gain the 1), and classes are kept apart by moving each class to its own
+region of the plane (``idx * (extent + offset + 1)``). All of it in float64, where those shifts
+are exact for image coordinates; so the result equals ``nms_reference`` on float64 boxes
+exactly, and on float32 boxes except where an IoU lies within float32 rounding of the
+threshold (the reference computes IoUs in the boxes' dtype). ``use_backend("reference")``
+keeps the pure-torch path.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._backend import kernel_device
+from ._backend import get_backend, kernel_device
 from .boxes import box_iou_reference
 
 
@@ -132,6 +144,35 @@ def _nms_kernel(
     return order[keep]
 
 
+def _nms_torchvision(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    offset: float,
+    idxs: torch.Tensor | None,
+) -> torch.Tensor:
+    """torchvision's compiled NMS, run as our algorithm (see the module docstring)."""
+    import torchvision
+
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = _order(scores)
+    b = boxes[order].to(torch.float64)
+    if offset:
+        b = torch.cat((b[:, :2], b[:, 2:] + offset), 1)
+    if idxs is not None:
+        lo = b.min()
+        extent = b.max() - lo + 1.0
+        b = b - lo + (idxs[order].to(torch.float64) * extent)[:, None]
+    rank = torch.arange(n, 0, -1, dtype=torch.float64, device=boxes.device)
+    return order[torchvision.ops.nms(b, rank, float(iou_threshold))]
+
+
+def _cpu_fast(boxes: torch.Tensor) -> bool:
+    return get_backend() == "auto" and boxes.device.type == "cpu" and boxes.is_floating_point()
+
+
 def nms(
     boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: float = 0
 ) -> torch.Tensor:
@@ -139,6 +180,8 @@ def nms(
     _check(boxes, scores)
     if kernel_device(boxes) is not None:
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), None)
+    if _cpu_fast(boxes):
+        return _nms_torchvision(boxes, scores, float(iou_threshold), float(offset), None)
     return nms_reference(boxes, scores, iou_threshold, offset)
 
 
@@ -151,8 +194,11 @@ def batched_nms(
 ) -> torch.Tensor:
     """NMS within each class: boxes (N, 4), scores (N,), idxs (N,) integer class (or image)
     ids; boxes with different idxs never suppress each other. Returns kept indices (K,) int64
-    sorted by decreasing score. Exact for any coordinates (no coordinate-offset trick)."""
+    sorted by decreasing score. Classes never meet: the reference masks by class, the CPU path
+    separates them in float64 (module docstring)."""
     _check(boxes, scores, idxs)
     if kernel_device(boxes) is not None:
         return _nms_kernel(boxes, scores, float(iou_threshold), float(offset), idxs)
+    if _cpu_fast(boxes):
+        return _nms_torchvision(boxes, scores, float(iou_threshold), float(offset), idxs)
     return nms_reference(boxes, scores, iou_threshold, offset, idxs)

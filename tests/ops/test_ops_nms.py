@@ -13,7 +13,7 @@ from src.ops.nms import nms_reference
 D = torch.float64
 
 
-@pytest.fixture(params=["reference", "emulate"])
+@pytest.fixture(params=["reference", "emulate", "auto"])  # auto on CPU: torchvision's nms
 def backend(request):
     with use_backend(request.param):
         yield request.param
@@ -162,3 +162,35 @@ def test_property_reference_kernel_and_loop_agree(rows, thr, offset):
         with use_backend(mode):
             assert nms(boxes, scores, thr, offset).tolist() == want
             assert batched_nms(boxes, scores, idxs, thr, offset).tolist() == want_b
+
+
+def test_offset_one_iou_is_offset_zero_iou_of_far_corner_shifted_boxes():
+    """Why the torchvision path can take the legacy +1 widths: IoU with offset 1 equals IoU
+    with offset 0 after moving (x2, y2) by +1 (torchvision.ops.box_iou as the offset-0 oracle)."""
+    from src.ops import box_iou
+
+    g = torch.Generator().manual_seed(5)
+    a, _ = _random(40, g)
+    b, _ = _random(30, g)
+    a[:3, 2:] = a[:3, :2]  # zero-size boxes (area 1 with the offset)
+    shift = lambda x: torch.cat([x[:, :2], x[:, 2:] + 1], 1)  # noqa: E731
+    torch.testing.assert_close(
+        box_iou(a, b, offset=1), torchvision.ops.box_iou(shift(a), shift(b)), rtol=0, atol=1e-15
+    )
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cpu_torchvision_path_equals_reference_float32_and_score_ties(offset):
+    """Default (auto) CPU path = the pure-torch reference on float32 boxes, many score ties,
+    class-aware, several thousand boxes."""
+    g = torch.Generator().manual_seed(11)
+    boxes, scores = _random(3000, g, torch.float32, spread=300.0)
+    scores = (scores * 50).round() / 50  # ties
+    idxs = torch.randint(0, 7, (3000,), generator=g)
+    with use_backend("auto"):
+        got = nms(boxes, scores, 0.5, offset), batched_nms(boxes, scores, idxs, 0.5, offset)
+    want = (
+        nms_reference(boxes, scores, 0.5, offset),
+        nms_reference(boxes, scores, 0.5, offset, idxs),
+    )
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
