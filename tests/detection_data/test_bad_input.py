@@ -146,3 +146,24 @@ def test_voc_unknown_class_and_bad_xml(tmp_path):
     assert "a.xml" in msg
     (root / "Annotations" / "a.xml").write_text("<annotation><object>")
     _error(VOCDetection, root, match="not valid XML")
+
+
+def test_file_size_differing_from_the_annotation_warns_once_and_clips(tmp_path, caplog):
+    """a.png is annotated 60 x 100 (h x w) but the file is 30 x 50: the boxes are clipped to
+    the file and one warning names the file and both sizes (per image, not per epoch)."""
+    ann, images = make_coco(tmp_path)
+    write_image(images / "a.png", 30, 50)
+    ds = CocoDetection(ann, images, image_size=32)
+    i = [r.image_id for r in ds.records].index(42)
+    with caplog.at_level(logging.WARNING):
+        boxes = ds.boxes_in_pixels(i, 30, 50)
+        ds.boxes_in_pixels(i, 30, 50)
+    lines = [r.getMessage() for r in caplog.records if "annotations say" in r.getMessage()]
+    assert len(lines) == 1 and "a.png" in lines[0] and "60x100" in lines[0] and "30x50" in lines[0]
+    want = ds.records[i].boxes.astype(float).copy()
+    want[:, 0::2] = want[:, 0::2].clip(0, 50)
+    want[:, 1::2] = want[:, 1::2].clip(0, 30)
+    assert boxes.tolist() == want.tolist() and (boxes[:, 2] <= 50).all()
+    assert (ds.records[i].boxes[:, 2] > 50).any()  # the check above clipped something
+    sample = ds.load(i, None)  # and the sample loads
+    assert sample["orig_size"] == (30, 50)
