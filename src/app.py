@@ -142,7 +142,7 @@ def check_compatibility(cfg: DictConfig) -> None:
             )
     if cfg.mode in ("eval", "export") and not cfg.get("ckpt_path"):
         raise UserError(f"mode={cfg.mode} needs ckpt_path=<checkpoint or weights file>")
-    if cfg.mode == "predict" and not cfg.get("input"):
+    if cfg.mode == "predict" and not cfg.get("input") and task_cls.predict_needs_input:
         raise UserError("mode=predict needs input=<image file or folder of images>")
     if cfg.mode == "predict" and not cfg.get("ckpt_path") and not _weights_files(cfg.model):
         raise UserError(
@@ -348,7 +348,7 @@ def run(cfg: DictConfig) -> float | None:
             import torch
 
             with torch.no_grad():
-                preds = task.predict(_image_paths(cfg.input), out_dir)
+                preds = task.predict(_image_paths(cfg.input) if cfg.get("input") else [], out_dir)
             if rank_zero:
                 (run_dir / "predictions.json").write_text(json.dumps(preds, indent=2))
             unreadable = [p for p in preds if "error" in p]

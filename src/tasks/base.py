@@ -92,6 +92,8 @@ def unwrap(module: nn.Module) -> nn.Module:
 class Task(nn.Module):
     automatic_optimization: bool = True
     accepts: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # mode=predict without input= is refused, unless the Task generates from nothing (WGAN)
+    predict_needs_input: ClassVar[bool] = True
     ddp_modules: tuple[str, ...] = ("net",)
     ema_modules: tuple[str, ...] | None = None  # None: the ddp_modules
     monitor: str = "val/loss"
