@@ -107,6 +107,37 @@ SHRINK: dict[str, list[str]] = {
         "model.discriminator.ndf=4",
         "model.pool_size=4",  # both image pools' buffers go through the state-dict checks
     ],
+    "deblurgan": [
+        "dataset.image_size=32",
+        "dataset.source_size=40",
+        "dataset.kernel_size=5",
+        "dataset.train_sequences=1",
+        "dataset.test_sequences=1",
+        "dataset.frames_per_sequence=8",
+        "model.generator.ngf=4",
+        "model.generator.n_blocks=1",
+        "model.discriminator.ndf=4",
+    ],
+    "deblurgan_v2": [
+        "dataset.image_size=32",
+        "dataset.source_size=40",
+        "dataset.kernel_size=5",
+        "dataset.train_sequences=1",
+        "dataset.test_sequences=1",
+        "dataset.frames_per_sequence=8",
+        "model.generator.num_filters=8",
+        "model.generator.num_filters_fpn=16",
+        "model.patch_discriminator.ndf=4",
+        "model.full_discriminator.ndf=4",
+    ],
+    "dpe": [
+        "dataset.image_size=64",
+        "dataset.source_size=64",
+        "dataset.num_train=8",
+        "dataset.num_test=8",  # two val batches of 4
+        "model.generator.ngf=4",
+        "model.critic.ndf=4",
+    ],
     "retinaface": [
         "dataset.image_size=64",
         "dataset.num_train=8",

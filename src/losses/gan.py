@@ -85,6 +85,51 @@ class AdversarialLoss(nn.Module):
         return self(fake_pred, True, for_discriminator=False)
 
 
+def interpolates(
+    real: Tensor, fake: Tensor, alpha: Tensor | None = None, alpha_per: str = "sample"
+) -> Tensor:
+    """``alpha * real + (1 - alpha) * fake`` (both detached): ``alpha`` given (broadcastable,
+    e.g. (B, 1, 1, 1)), or U(0, 1) from torch's global RNG, one per sample (``alpha_per =
+    "sample"``: Gulrajani et al. 2017, junyanz, DPE) or one for the batch (``"batch"``:
+    DeblurGAN)."""
+    if alpha is None:
+        if alpha_per == "sample":
+            shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+        elif alpha_per == "batch":
+            shape = (1,) * real.dim()
+        else:
+            raise ValueError(f"alpha_per must be 'sample' or 'batch', got {alpha_per!r}")
+        alpha = torch.rand(shape, device=real.device, dtype=real.dtype)
+    return alpha * real.detach() + (1 - alpha) * fake.detach()
+
+
+def penalty_of_gradient(
+    grad: Tensor,
+    *,
+    target: float = 1.0,
+    norm_over: str = "sample",
+    one_sided: bool = False,
+    power: int = 2,
+    scale: float = 1.0,
+) -> Tensor:
+    """``mean(phi(scale * ||grad|| - target) ** power)`` of a critic's input gradient.
+
+    ``norm_over``: ``sample`` (the L2 norm of each flattened sample) or ``channels`` (over
+    channels at each pixel, then averaged: DeblurGAN); ``one_sided``: ``phi = max(0, .)`` (DPE)
+    instead of the identity; ``power`` 2 (the WGAN-GP square) or 1 (DPE's code); ``scale``
+    rescales the norm (a gradient w.r.t. [-1, 1] images taken w.r.t. [0, 1] ones: 2)."""
+    if norm_over == "sample":
+        norms = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
+    elif norm_over == "channels":
+        norms = grad.norm(2, dim=1)
+    else:
+        raise ValueError(f"norm_over must be 'sample' or 'channels', got {norm_over!r}")
+    gap = norms * scale - target
+    if one_sided:
+        gap = gap.clamp(min=0)
+    return (gap**power).mean()
+
+
 def gradient_penalty(
     critic: Callable[[Tensor], object],
     real: Tensor,
@@ -96,19 +141,20 @@ def gradient_penalty(
     alpha_per: str = "sample",
     norm_over: str = "sample",
     one_sided: bool = False,
+    power: int = 2,
     interpolate: str = "mixed",
     eps: float = 1e-16,
 ) -> Tensor:
-    """``lambda_gp * mean(phi(||grad_x critic(x)|| - target))`` at ``x`` between real and fake.
+    """``lambda_gp * mean(phi(||grad_x critic(x)|| - target) ** power)`` at ``x`` between real
+    and fake.
 
-    * ``interpolate``: ``mixed`` (``alpha * real + (1 - alpha) * fake``), ``real`` or ``fake``
-      (junyanz ``cal_gradient_penalty`` types).
+    * ``interpolate``: ``mixed`` (``interpolates``: ``alpha * real + (1 - alpha) * fake``),
+      ``real`` or ``fake`` (junyanz ``cal_gradient_penalty`` types).
     * ``alpha_per``: ``sample`` (one U(0, 1) per sample: Gulrajani et al. 2017, junyanz) or
       ``batch`` (one for the whole batch: DeblurGAN). ``alpha`` fixes it (shape broadcastable
       to ``real``, e.g. (B, 1, 1, 1)); otherwise drawn from torch's global RNG.
-    * ``norm_over``: ``sample`` (the L2 norm of each flattened sample's gradient) or
-      ``channels`` (the norm over channels at each pixel, then averaged: DeblurGAN).
-    * ``one_sided``: ``max(0, norm - target)^2`` (DPE) instead of ``(norm - target)^2``.
+    * ``norm_over``, ``one_sided``, ``power``: ``penalty_of_gradient`` (the one place the norm
+      and its penalty are formed; DPE's critic step uses it too).
     * ``eps`` is added to the gradient before the norm, as the reference does.
 
     The gradient graph is kept (``create_graph=True``): the penalty is differentiable w.r.t. the
@@ -120,15 +166,7 @@ def gradient_penalty(
     elif interpolate == "fake":
         x = fake
     elif interpolate == "mixed":
-        if alpha is None:
-            if alpha_per == "sample":
-                shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-            elif alpha_per == "batch":
-                shape = (1,) * real.dim()
-            else:
-                raise ValueError(f"alpha_per must be 'sample' or 'batch', got {alpha_per!r}")
-            alpha = torch.rand(shape, device=real.device, dtype=real.dtype)
-        x = alpha * real.detach() + (1 - alpha) * fake.detach()
+        x = interpolates(real, fake, alpha, alpha_per)
     else:
         raise ValueError(f"interpolate must be mixed, real or fake, got {interpolate!r}")
     x = x.detach().requires_grad_(True)
@@ -140,17 +178,10 @@ def gradient_penalty(
         create_graph=True,
         retain_graph=True,
     )
-    grad = grad + eps
-    if norm_over == "sample":
-        norms = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
-    elif norm_over == "channels":
-        norms = grad.norm(2, dim=1)
-    else:
-        raise ValueError(f"norm_over must be 'sample' or 'channels', got {norm_over!r}")
-    gap = norms - target
-    if one_sided:
-        gap = gap.clamp(min=0)
-    return (gap**2).mean() * lambda_gp
+    penalty = penalty_of_gradient(
+        grad + eps, target=target, norm_over=norm_over, one_sided=one_sided, power=power
+    )
+    return penalty * lambda_gp
 
 
 def feature_matching_loss(
