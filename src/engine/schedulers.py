@@ -36,3 +36,34 @@ class LinearDecayLR(LRScheduler):
     def get_lr(self) -> list[float]:
         f = self.factor(self.last_epoch)
         return [base * f for base in self.base_lrs]
+
+
+class LinearDecayToMinLR(LRScheduler):
+    """DeblurGAN-v2's ``LinearDecay`` (its ``schedulers.py``): the base rate before
+    ``start_epoch``, then linearly down to ``min_lr``. The reference's slope is
+    ``(base - min_lr) / num_epochs`` per epoch, so over ``num_epochs`` epochs it never reaches
+    ``min_lr`` (at epoch 199 of 200 with start 50 it is still ~25 % of the base rate);
+    by default the slope is ``(base - min_lr) / (num_epochs - 1 - start_epoch)``, reaching
+    ``min_lr`` in the last epoch; ``reference_slope=true`` is the reference's.
+    Stepped once an epoch."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        start_epoch: int = 50,
+        num_epochs: int = 200,
+        min_lr: float = 1e-7,
+        reference_slope: bool = False,
+        last_epoch: int = -1,
+    ):
+        self.start_epoch, self.num_epochs = int(start_epoch), int(num_epochs)
+        self.min_lr, self.reference_slope = float(min_lr), bool(reference_slope)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        e = self.last_epoch
+        if e < self.start_epoch:
+            return list(self.base_lrs)
+        span = self.num_epochs if self.reference_slope else self.num_epochs - 1 - self.start_epoch
+        t = (e - self.start_epoch) / max(span, 1)
+        return [max(self.min_lr, base - (base - self.min_lr) * t) for base in self.base_lrs]
