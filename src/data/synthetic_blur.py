@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from src.data.base import DataError
 from src.data.gopro import build_gopro
-from src.data.synthetic_translation import _draw, _shapes, _write_once
+from src.data.synthetic_translation import _draw, _shapes, write_once
 
 FORMAT_VERSION = 1
 
@@ -146,7 +146,7 @@ def ensure_synthetic_gopro(
                     Image.fromarray(sharp).save(seq / "sharp" / name)
                     Image.fromarray(blur_image(sharp, kernel)).save(seq / "blur" / name)
 
-    return _write_once(Path(root), "synthetic_gopro.json", params, write)
+    return write_once(Path(root), "synthetic_gopro.json", params, write)
 
 
 def build_synthetic_gopro(

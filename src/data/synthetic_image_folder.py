@@ -21,7 +21,7 @@ import numpy as np
 
 from src.data.base import DataError
 from src.data.image_folder import build_image_folder
-from src.data.synthetic_translation import _write_once, render_domain
+from src.data.synthetic_translation import render_domain, write_once
 
 FORMAT_VERSION = 1
 KINDS = {"warm": "A", "cool": "B"}
@@ -45,7 +45,7 @@ def ensure_synthetic_images(
                 picture = render_domain(rng, int(source_size), KINDS[kind])
                 picture.save(folder / split / kind / f"{i:04d}.png", format="PNG")
 
-    return _write_once(Path(root), "synthetic_images.json", params, write)
+    return write_once(Path(root), "synthetic_images.json", params, write)
 
 
 def build_synthetic_images(

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.pix2pixhd import build_pix2pixhd_dataset, colorize, instance_edges, palette_colors
-from src.data.synthetic_translation import _write_once
+from src.data.synthetic_translation import write_once
 
 FORMAT_VERSION = 1
 LABELS = ("sky", "road", "building", "car", "person", "sign")
@@ -139,7 +139,7 @@ def ensure_synthetic_pix2pixhd(
                 Image.fromarray(inst.astype(np.uint16)).save(dirs[1] / f"{i:04d}.png")
                 Image.fromarray(scene).save(dirs[2] / f"{i:04d}.png")
 
-    return _write_once(Path(root), "synthetic_pix2pixhd.json", params, write)
+    return write_once(Path(root), "synthetic_pix2pixhd.json", params, write)
 
 
 def build_synthetic_pix2pixhd(

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.fivek import build_fivek
-from src.data.synthetic_translation import _write_once
+from src.data.synthetic_translation import write_once
 
 FORMAT_VERSION = 1
 MARKER = "synthetic_fivek.json"
@@ -134,7 +134,7 @@ def ensure_synthetic_fivek(
                 elif split == "train":
                     _save(clean, folder / "trainB" / name)
 
-    return _write_once(Path(root), MARKER, params, write)
+    return write_once(Path(root), MARKER, params, write)
 
 
 def build_synthetic_fivek(

@@ -83,7 +83,7 @@ def render_domain(rng: np.random.Generator, size: int, domain: str) -> Image.Ima
     return image
 
 
-def _write_once(root: Path, marker: str, params: dict, write: Callable[[Path], None]) -> Path:
+def write_once(root: Path, marker: str, params: dict, write: Callable[[Path], None]) -> Path:
     root = Path(root).expanduser()
     name = marker.removesuffix(".json")
     if not (root / marker).is_file():
@@ -144,7 +144,7 @@ def ensure_synthetic_pix2pix(
                 picture = render_pair(rng, source_size)
                 picture.save(folder / split / f"{i:04d}.jpg", format="JPEG", quality=95)
 
-    return _write_once(Path(root), "synthetic_pix2pix.json", params, write)
+    return write_once(Path(root), "synthetic_pix2pix.json", params, write)
 
 
 def ensure_synthetic_cyclegan(
@@ -168,7 +168,7 @@ def ensure_synthetic_cyclegan(
                 picture = render_domain(rng, source_size, split[-1])
                 picture.save(folder / split / f"{i:04d}.jpg", format="JPEG", quality=95)
 
-    return _write_once(Path(root), "synthetic_cyclegan.json", params, write)
+    return write_once(Path(root), "synthetic_cyclegan.json", params, write)
 
 
 def build_synthetic_pix2pix(
