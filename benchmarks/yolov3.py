@@ -1,6 +1,8 @@
 """YOLOv3 target assignment + loss, forward + backward: ``src.losses.yolo`` (batched, dense
 masks, no host sync) against the per-image loop port of the archive (tests/yolov3/
-archive_port.py), and post-processing of the batch.
+archive_port.py), and post-processing of the batch (``detect.postprocess``: objectness
+filter, grouped ``src.ops.batched_nms`` calls) against the port of the archive's per-image
+``non_max_suppression``.
 
     python benchmarks/yolov3.py --batch 16 --size 416 --targets 5 --threads 2 --repeats 5
 
@@ -24,7 +26,11 @@ sys.path.insert(0, str(ROOT))
 from src.losses.yolo import YoloLoss  # noqa: E402
 from src.models.yolov3 import ANCHORS, MASKS  # noqa: E402
 from src.models.yolov3.detect import postprocess  # noqa: E402
-from tests.yolov3.archive_port import archive_compute_loss, xyxy_px_to_archive  # noqa: E402
+from tests.yolov3.archive_port import (  # noqa: E402
+    archive_compute_loss,
+    archive_non_max_suppression,
+    xyxy_px_to_archive,
+)
 
 STRIDES = (32, 16, 8)
 HYP = {"giou": 3.54, "obj": 64.3, "cls": 37.4, "iou_t": 0.2}
@@ -78,6 +84,7 @@ def main() -> None:
     got = float(loss(p, boxes, labels, anchors, STRIDES)["loss"])
     agree = abs(got - ref) / max(abs(ref), 1e-12)
     t_ours, t_port = timed(ours, a.repeats), timed(port, a.repeats)
+    torch.manual_seed(0)
     with torch.no_grad():
         decoded = torch.rand(a.batch, sum(3 * (a.size // s) ** 2 for s in STRIDES), 5 + a.classes)
         decoded[..., :2] *= a.size
@@ -86,6 +93,8 @@ def main() -> None:
         obj = decoded[..., 4]
         decoded[..., 4] = torch.where(torch.rand_like(obj) < 0.01, obj, obj * 1e-4)
         t_post = timed(lambda: postprocess(decoded, 0.001, 0.6), a.repeats)
+        t_post_port = timed(lambda: archive_non_max_suppression(decoded, 0.001, 0.6), a.repeats)
+        n_cand = int((decoded[..., 4:5] * decoded[..., 5:] > 0.001).sum())
     print(f"batch {a.batch} x {a.size}px, {a.targets} targets/image, {a.classes} classes, "
           f"{a.threads} threads; loss rel. diff {agree:.1e}")  # fmt: skip
     print(f"| {'what':<42} | {'median ms':>9} |")
@@ -94,6 +103,8 @@ def main() -> None:
     print(f"| {'targets + loss fwd+bwd, archive loop port':<42} | {t_port:9.1f} |")
     print(f"| {'speed-up':<42} | {t_port / t_ours:8.1f}x |")
     print(f"| {'post-processing (conf 0.001, NMS 0.6)':<42} | {t_post:9.1f} |")
+    print(f"| {'post-processing, archive loop port':<42} | {t_post_port:9.1f} |")
+    print(f"({n_cand} (box, class) candidates over conf 0.001 in the {a.batch} images)")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class YOLOv3Task(Task):
         iou_thres: float = 0.6,
         multi_label: bool = True,
         max_det: int = 300,
+        max_nms: int = 30000,
         vis_conf_thres: float = 0.3,
         vis_iou_thres: float = 0.5,
         metric: str = "auto",
@@ -104,6 +105,7 @@ class YOLOv3Task(Task):
         self.net = net
         self.conf_thres, self.iou_thres = float(conf_thres), float(iou_thres)
         self.multi_label, self.max_det = bool(multi_label), int(max_det)
+        self.max_nms = int(max_nms)
         self.vis_conf_thres, self.vis_iou_thres = float(vis_conf_thres), float(vis_iou_thres)
         if metric not in METRICS:
             raise YOLOv3ConfigError(f"model.metric={metric!r}: choose one of {', '.join(METRICS)}")
@@ -184,19 +186,24 @@ class YOLOv3Task(Task):
         return self.sizes[int(torch.randint(len(self.sizes), (1,), generator=g))]
 
     def on_train_batch_start(self, batch: dict, step: int) -> dict:
+        """Multi-scale: the batch resized so its long side is ``size_at(step)`` (the short side
+        rounded up to a multiple of 32, as the archive; square letterboxed batches stay square),
+        bilinear with ``align_corners=False``, which maps the continuous pixel coordinate x to
+        x * new / old on each axis -- the factor the boxes (corner pixels) are scaled by, so a
+        box covers the same content, at the same normalised place, after the resize."""
         self._step = step
         size = self.size_at(step)
         if size is None:
             return batch
         images = batch["image"]
         h, w = images.shape[-2:]
-        if (h, w) == (size, size):
+        f = size / max(h, w)
+        nh, nw = (int(math.ceil(v * f / 32) * 32) for v in (h, w))
+        if (nh, nw) == (h, w):
             return batch
         batch = dict(batch)
-        batch["image"] = F.interpolate(
-            images, size=(size, size), mode="bilinear", align_corners=False
-        )
-        scale = batch["boxes"].new_tensor([size / w, size / h, size / w, size / h])
+        batch["image"] = F.interpolate(images, size=(nh, nw), mode="bilinear", align_corners=False)
+        scale = batch["boxes"].new_tensor([nw / w, nh / h, nw / w, nh / h])
         pad = (batch["labels"] < 0)[..., None]
         batch["boxes"] = torch.where(pad, batch["boxes"], batch["boxes"] * scale)
         return batch
@@ -226,7 +233,9 @@ class YOLOv3Task(Task):
     def detect(self, images: torch.Tensor, conf_thres: float, iou_thres: float) -> list[dict]:
         net = unwrap(self.net)
         d = decode([o.float() for o in self.net(images)], net.layer_anchors(), net.strides)
-        return postprocess(d, conf_thres, iou_thres, self.multi_label, self.max_det)
+        return postprocess(
+            d, conf_thres, iou_thres, self.multi_label, self.max_det, max_nms=self.max_nms
+        )
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         from src.data.detection import unletterbox_boxes

@@ -98,13 +98,18 @@ def archive_build_targets(p, targets, anchor_vecs, iou_t=0.2):
     return out
 
 
-def archive_compute_loss(p, targets, anchor_vecs, hyp, nc, gr=1.0, writes="last"):
+def archive_compute_loss(
+    p, targets, anchor_vecs, hyp, nc, gr=1.0, writes="last", built=None, ignore=None
+):
     """(lbox, lobj, lcls) after the gains (hyp keys giou, obj, cls, iou_t), unscaled.
     ``writes="max"``: a shared cell and anchor keeps the higher objectness target (our fix)
-    instead of the last one written (the archive)."""
-    built = archive_build_targets(p, targets, anchor_vecs, hyp["iou_t"])
+    instead of the last one written (the archive). ``built`` / ``ignore``: other targets and,
+    per layer, a (B, 3, ny, nx) mask of anchors left out of the objectness sum unless positive
+    (the darknet assignment below)."""
+    if built is None:
+        built = archive_build_targets(p, targets, anchor_vecs, hyp["iou_t"])
     lbox = lobj = lcls = torch.zeros((), dtype=p[0].dtype)
-    for pi, t in zip(p, built):
+    for layer, (pi, t) in enumerate(zip(p, built)):
         n = t["b"].shape[0]
         B = pi.shape[0]
         box_sum = cls_sum = obj_sum = torch.zeros((), dtype=pi.dtype)
@@ -129,12 +134,119 @@ def archive_compute_loss(p, targets, anchor_vecs, hyp, nc, gr=1.0, writes="last"
                         ps[:, 5:], onehot, reduction="sum"
                     )
         for b in range(B):  # after every write (the targets are saved for backward)
-            obj_sum = obj_sum + F.binary_cross_entropy_with_logits(
-                pi[b, ..., 4], tobj[b], reduction="sum"
-            )
+            bce = F.binary_cross_entropy_with_logits(pi[b, ..., 4], tobj[b], reduction="none")
+            if ignore is not None:
+                positive = torch.zeros_like(bce, dtype=torch.bool)
+                for k in range(n):
+                    if int(t["b"][k]) == b:
+                        positive[t["a"][k], t["gj"][k], t["gi"][k]] = True
+                bce = torch.where(ignore[layer][b] & ~positive, torch.zeros_like(bce), bce)
+            obj_sum = obj_sum + bce.sum()
         if n:
             lbox = lbox + box_sum / n
             if nc > 1:
                 lcls = lcls + cls_sum / (n * nc)
         lobj = lobj + obj_sum / tobj.numel()
     return lbox * hyp["giou"], lobj * hyp["obj"], lcls * hyp["cls"]
+
+
+def darknet_build_targets(p, targets, anchors_px, strides, size):
+    """The paper's assignment, per target: the one anchor of all nine (pixel anchors, layer
+    after layer) with the highest width-height IoU, the first on ties; its layer gets the target
+    in its cell (the clamped cell, box offset from that cell: our exact convention, not the
+    archive's one-cell-off edge). Same output layout as ``archive_build_targets``."""
+    h, w = size
+    flat = [(layer, a) for layer in range(len(anchors_px)) for a in range(len(anchors_px[layer]))]
+    rows = [[] for _ in anchors_px]
+    for k in range(targets.shape[0]):
+        t = targets[k]
+        wh = torch.stack((t[4] * w, t[5] * h))
+        ious = [
+            float(archive_wh_iou(anchors_px[layer][a : a + 1], wh[None])[0, 0]) for layer, a in flat
+        ]
+        layer, a = flat[max(range(len(ious)), key=lambda i: (ious[i], -i))]
+        ny, nx = p[layer].shape[2], p[layer].shape[3]
+        s = strides[layer]
+        gx, gy = float(t[2]) * w / s, float(t[3]) * h / s
+        gi, gj = min(max(int(gx), 0), nx - 1), min(max(int(gy), 0), ny - 1)
+        box = [gx - gi, gy - gj, float(t[4]) * w / s, float(t[5]) * h / s]
+        rows[layer].append((a, int(t[0]), k, gj, gi, box, int(t[1])))
+    out = []
+    for layer, r in enumerate(rows):
+        r.sort(key=lambda x: (x[0], x[2]))
+        out.append(
+            {
+                "b": torch.tensor([x[1] for x in r], dtype=torch.long),
+                "a": torch.tensor([x[0] for x in r], dtype=torch.long),
+                "gj": torch.tensor([x[3] for x in r], dtype=torch.long),
+                "gi": torch.tensor([x[4] for x in r], dtype=torch.long),
+                "tbox": torch.tensor([x[5] for x in r], dtype=torch.float64).reshape(-1, 4),
+                "anchor": (anchors_px[layer] / strides[layer])[[x[0] for x in r]].reshape(-1, 2),
+                "cls": torch.tensor([x[6] for x in r], dtype=torch.long),
+            }
+        )
+    return out
+
+
+def darknet_ignore(p, targets, anchors_px, strides, size, ignore_thresh=0.7):
+    """Per layer (B, 3, ny, nx): anchors whose decoded box ((sigmoid(t_xy) + cell) x stride,
+    exp(t_wh) x anchor) has IoU > ignore_thresh with some ground truth of its image (darknet's
+    yolo_layer best_iou test), image by image, box by box."""
+    h, w = size
+    out = []
+    for pi, anchors, s in zip(p, anchors_px, strides):
+        B, na, ny, nx = pi.shape[:4]
+        mask = torch.zeros(B, na, ny, nx, dtype=torch.bool)
+        for b in range(B):
+            gts = [targets[k] for k in range(targets.shape[0]) if int(targets[k, 0]) == b]
+            for a in range(na):
+                gy, gx = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+                cx = (pi[b, a, ..., 0].sigmoid() + gx) * s
+                cy = (pi[b, a, ..., 1].sigmoid() + gy) * s
+                pw = pi[b, a, ..., 2].exp().clamp(max=1e3) * anchors[a, 0]
+                ph = pi[b, a, ..., 3].exp().clamp(max=1e3) * anchors[a, 1]
+                best = torch.zeros(ny, nx, dtype=pi.dtype)
+                for t in gts:
+                    tx, ty, tw, th = t[2] * w, t[3] * h, t[4] * w, t[5] * h
+                    iw = torch.min(cx + pw / 2, tx + tw / 2) - torch.max(cx - pw / 2, tx - tw / 2)
+                    ih = torch.min(cy + ph / 2, ty + th / 2) - torch.max(cy - ph / 2, ty - th / 2)
+                    inter = iw.clamp(0) * ih.clamp(0)
+                    best = torch.max(best, inter / (pw * ph + tw * th - inter))
+                mask[b, a] = best.detach() > ignore_thresh
+        out.append(mask)
+    return out
+
+
+def archive_non_max_suppression(
+    prediction, conf_thres, iou_thres, multi_label=True, max_det=300, max_nms=30000
+):
+    """The archive's ``non_max_suppression`` (merge off), one image at a time: objectness >
+    conf, 2 < w, h < 4096, conf = obj x cls, every class over conf (``multi_label``) or the best,
+    at most ``max_nms`` best pairs, torchvision NMS with boxes moved apart by class, the first
+    ``max_det``. The class offset is ``class * 4096`` as the archive, added in float64 (in
+    float32 the archive's offset rounds the coordinates of high class ids)."""
+    import torchvision
+
+    out = []
+    for x in prediction:
+        x = x[x[:, 4] > conf_thres]
+        x = x[((x[:, 2:4] > 2) & (x[:, 2:4] < 4096)).all(1)]
+        x = x.clone()
+        if x.shape[1] > 6:
+            x[:, 5:] *= x[:, 4:5]
+        else:  # one class: the archive's YOLOLayer sets its probability to 1
+            x[:, 5:] = x[:, 4:5]
+        box = torch.cat((x[:, :2] - x[:, 2:4] / 2, x[:, :2] + x[:, 2:4] / 2), 1)
+        if multi_label:
+            i, j = (x[:, 5:] > conf_thres).nonzero(as_tuple=True)
+            det = torch.cat((box[i], x[i, j + 5, None], j[:, None].float()), 1)
+        else:
+            conf, j = x[:, 5:].max(1)
+            det = torch.cat((box, conf[:, None], j[:, None].float()), 1)[conf > conf_thres]
+        if det.shape[0] > max_nms:
+            det = det[det[:, 4].argsort(descending=True)[:max_nms]]
+        offset = det[:, 5:6].double() * 4096
+        keep = torchvision.ops.nms(det[:, :4].double() + offset, det[:, 4].double(), iou_thres)
+        det = det[keep[:max_det]]
+        out.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
+    return out

@@ -1,59 +1,65 @@
-"""Post-processing against a plain per-image loop over torchvision.ops.batched_nms, ONNX export
-in onnxruntime, and the letterbox round trip of predicted boxes."""
+"""Post-processing against the per-image port of the archive's non_max_suppression (tests/yolov3/
+archive_port.py), ONNX export in onnxruntime."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from src.models.yolov3 import YOLOv3, decode
 from src.models.yolov3.detect import postprocess
+from tests.yolov3.archive_port import archive_non_max_suppression
 
 
-def plain_postprocess(decoded, conf, iou, multi_label, max_det):
-    out = []
-    for d in decoded:  # one image at a time, as the archive's non_max_suppression
-        xy, wh = d[:, :2], d[:, 2:4]
-        boxes = torch.cat((xy - wh / 2, xy + wh / 2), 1)
-        scores = d[:, 4:5] * d[:, 5:]
-        ok = ((wh > 2) & (wh < 4096)).all(1)
-        if multi_label:
-            i, j = ((scores > conf) & ok[:, None]).nonzero(as_tuple=True)
-            s = scores[i, j]
-        else:
-            s, j = scores.max(1)
-            i = ((s > conf) & ok).nonzero(as_tuple=True)[0]
-            s, j = s[i], j[i]
-        keep = torchvision.ops.batched_nms(boxes[i], s, j, iou)[:max_det]
-        out.append({"boxes": boxes[i][keep], "scores": s[keep], "labels": j[keep]})
-    return out
-
-
-def _decoded(seed=0, B=3):
+def _decoded(seed=0, B=3, n=400, c=4, sparse=False):
     g = torch.Generator().manual_seed(seed)
-    n, c = 400, 4
     xy = torch.rand(B, n, 2, generator=g) * 200
     wh = torch.rand(B, n, 2, generator=g) * 60 + 1
     obj = torch.rand(B, n, 1, generator=g)
+    if sparse:  # as a trained model: ~5% of the anchors confident, the rest near zero
+        obj = torch.where(torch.rand(B, n, 1, generator=g) < 0.05, obj, obj * 1e-3)
     cls = torch.rand(B, n, c, generator=g)
     return torch.cat((xy, wh, obj, cls), -1)
 
 
 @pytest.mark.parametrize(
-    ("conf", "iou", "multi_label", "max_det"),
-    [(0.001, 0.6, True, 300), (0.3, 0.5, False, 300), (0.01, 0.5, True, 7)],
+    ("conf", "iou", "multi_label", "max_det", "max_nms", "kw"),
+    [
+        (0.001, 0.6, True, 300, 30000, {}),
+        (0.3, 0.5, False, 300, 30000, {}),
+        (0.01, 0.5, True, 7, 30000, {}),
+        (0.001, 0.6, True, 300, 30000, {"sparse": True, "n": 2000}),
+        (0.001, 0.6, True, 300, 50, {}),  # the pre-NMS cap binds
+        (0.001, 0.6, True, 300, 30000, {"c": 1}),  # one class: the score is the objectness
+        (0.001, 0.6, True, 300, 30000, {"B": 1, "c": 20, "seed": 3}),
+    ],
 )
-def test_postprocess_equals_plain_loop(conf, iou, multi_label, max_det):
-    decoded = _decoded()
-    ours = postprocess(decoded, conf, iou, multi_label, max_det)
-    ref = plain_postprocess(decoded, conf, iou, multi_label, max_det)
+def test_postprocess_equals_archive_port(conf, iou, multi_label, max_det, max_nms, kw):
+    """Same boxes, scores and labels in the same order as the archive's per-image loop."""
+    decoded = _decoded(**kw)
+    ours = postprocess(decoded, conf, iou, multi_label, max_det, max_nms=max_nms)
+    ref = archive_non_max_suppression(decoded, conf, iou, multi_label, max_det, max_nms)
+    assert len(ours) == len(ref) == decoded.shape[0]
     assert sum(len(r["scores"]) for r in ref) > 20
     for o, r in zip(ours, ref):
         assert torch.equal(o["scores"], r["scores"])
         assert torch.equal(o["labels"], r["labels"])
         assert torch.equal(o["boxes"], r["boxes"])
+    if max_nms < 30000:
+        assert all(len(o["scores"]) <= max_nms for o in ours)
+
+
+def test_postprocess_is_per_image_and_handles_empty():
+    decoded = _decoded(B=4)
+    together = postprocess(decoded, 0.01, 0.5)
+    for i in range(4):
+        alone = postprocess(decoded[i : i + 1], 0.01, 0.5)[0]
+        assert torch.equal(alone["boxes"], together[i]["boxes"])
+    decoded[2, :, 4] = 0.0  # an image without candidates
+    out = postprocess(decoded, 0.01, 0.5)
+    assert out[2]["boxes"].shape == (0, 4) and out[2]["labels"].numel() == 0
+    assert all(len(o["scores"]) == 0 for o in postprocess(decoded, 1.0, 0.5))
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path):

@@ -13,7 +13,13 @@ from src.losses.yolo import YoloLoss, YoloLossConfigError
 from src.models.yolov3 import ANCHORS, MASKS
 from src.ops import giou_loss
 
-from .archive_port import archive_build_targets, archive_compute_loss, xyxy_px_to_archive
+from .archive_port import (
+    archive_build_targets,
+    archive_compute_loss,
+    darknet_build_targets,
+    darknet_ignore,
+    xyxy_px_to_archive,
+)
 
 HYP = {"giou": 3.54, "obj": 64.3, "cls": 37.4, "iou_t": 0.2}
 STRIDES = (32, 16, 8)
@@ -203,6 +209,37 @@ def test_darknet_assignment_one_anchor_and_ignore():
     )
     assert lo["obj"] < hi["obj"]
     assert hi["obj"] == out["obj"] or out["obj"] <= hi["obj"]
+
+
+@pytest.mark.parametrize(("seed", "ignore_thresh"), [(0, 0.7), (1, 0.5), (2, 0.7)])
+def test_darknet_assignment_equals_per_image_port(seed, ignore_thresh):
+    """``assignment: darknet`` against the per-target / per-image port (darknet_build_targets,
+    darknet_ignore): the same positives, and lbox, lobj, lcls to 1e-10 with the ignored anchors
+    (decoded IoU > ignore_thresh with a ground truth, not positive) out of the objectness sum."""
+    size = 256
+    p, boxes, labels = seeded_batch(seed, size=size)
+    p = [x.clone() for x in p]
+    for x in p:  # wider boxes than seeded_batch's, so that some predictions overlap the truths
+        x[..., 2:4] += 1.0
+    targets, vecs = port_inputs(boxes, labels, size)
+    loss = plain_loss(assignment="darknet", ignore_thresh=ignore_thresh)
+    ref = darknet_build_targets(p, targets, LAYER_ANCHORS, STRIDES, (size, size))
+    ours = loss.build_targets([x.shape[2:4] for x in p], boxes, labels, LAYER_ANCHORS, STRIDES)
+    assert sum(r["b"].numel() for r in ref) == int((labels >= 0).sum())  # one anchor each
+    assert sum(r["b"].numel() > 0 for r in ref) >= 2  # more than one layer is used
+    for r, o in zip(ref, ours):
+        c = o.compact()
+        for k in ("b", "a", "gj", "gi", "cls", "tbox", "anchor"):
+            assert torch.equal(c[k], r[k]), k
+    ignore = darknet_ignore(p, targets, LAYER_ANCHORS, STRIDES, (size, size), ignore_thresh)
+    assert sum(int(m.sum()) for m in ignore) > 0  # the ignore rule is exercised
+    assert not _has_shared_cells(ref)
+    lbox, lobj, lcls = archive_compute_loss(p, targets, vecs, HYP, 4, built=ref, ignore=ignore)
+    out = loss(p, boxes, labels, LAYER_ANCHORS, STRIDES)
+    assert abs(out["box"] - lbox) < 1e-10 and abs(out["cls"] - lcls) < 1e-10
+    assert abs(out["obj"] - lobj) < 1e-10
+    no_ignore = archive_compute_loss(p, targets, vecs, HYP, 4, built=ref)[1]
+    assert lobj < no_ignore - 1e-6  # the mask changes the value the test compares
 
 
 def test_mse_loss_matches_formula():

@@ -89,6 +89,59 @@ def test_multi_scale_resizes_images_and_boxes(data):
         make_task(data, multi_scale=[300, 608])
 
 
+def _half_crossings(profile: torch.Tensor) -> tuple[float, float]:
+    """Where a 1-D profile of a bright bar (0 outside, 1 inside) crosses 0.5, in continuous
+    pixel coordinates (pixel j spans [j, j + 1]), linearly between pixel centres."""
+    above = (profile >= 0.5).nonzero().flatten()
+    j0, j1 = int(above[0]), int(above[-1])
+
+    def at(a: int, b: int) -> float:  # crossing between the centres a + 0.5 and b + 0.5
+        pa, pb = float(profile[a]), float(profile[b])
+        return a + 0.5 + (b - a) * (0.5 - pa) / (pb - pa)
+
+    return at(j0 - 1, j0), at(j1, j1 + 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "new", "tol"),
+    [
+        ((32, 32), 64, (64, 64), 1e-4),
+        ((32, 32), 160, (160, 160), 1e-4),
+        ((32, 48), 96, (64, 96), 1e-4),  # long side 96, short side 64: factors 2, 2
+        ((32, 48), 160, (128, 160), 1e-4),  # short side rounded up to 128: factors 4, 3.33
+        ((32, 32), 96, (96, 96), 0.05),  # factor 1.5
+    ],
+)
+def test_multi_scale_box_covers_the_same_content(data, shape, size, new, tol):
+    """Values, not shapes: a bright rectangle drawn exactly on a box's pixel edges is, after the
+    multi-scale resize, bounded (at half intensity) by the resized box, and the box sits at the
+    same normalised place. With a factor >= 2 the bilinear ramp spans both pixel centres next to
+    the edge, so the half-intensity crossing found between them is exact; at 1.5 it is within
+    a few hundredths of a pixel."""
+    task = make_task(data, multi_scale=[size, size], multi_scale_every=1)
+    h, w = shape
+    x1, y1, x2, y2 = 6, 8, 30, 24
+    images = torch.zeros(2, 3, h, w)
+    images[0, :, y1:y2, x1:x2] = 1.0
+    batch = {
+        "image": images,
+        "boxes": torch.tensor([[[x1, y1, x2, y2], [-1, -1, -1, -1]]] * 2, dtype=torch.float32),
+        "labels": torch.tensor([[0, -1]] * 2),
+    }
+    out = task.on_train_batch_start(batch, 0)
+    nh, nw = out["image"].shape[-2:]
+    assert (nh, nw) == new  # long side = size, short side rounded up to a multiple of 32
+    bx1, by1, bx2, by2 = out["boxes"][0, 0].tolist()
+    img = out["image"][0, 0]
+    cy, cx = int((by1 + by2) / 2), int((bx1 + bx2) / 2)
+    left, right = _half_crossings(img[cy])
+    top, bottom = _half_crossings(img[:, cx])
+    assert (left, top, right, bottom) == pytest.approx((bx1, by1, bx2, by2), abs=tol)
+    normalised = torch.tensor([bx1 / nw, by1 / nh, bx2 / nw, by2 / nh])
+    torch.testing.assert_close(normalised, torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h]))
+    assert out["boxes"][0, 1].tolist() == [-1, -1, -1, -1]  # padding untouched
+
+
 def test_class_count_mismatch_is_one_line(data):
     net = YOLOv3(num_classes=20, width=0.125, blocks=(1, 1, 1, 1, 1))
     with pytest.raises(YOLOv3ConfigError, match="num_classes=4"):
