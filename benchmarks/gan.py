@@ -11,7 +11,9 @@ copy of the same networks, with the same Adam settings. Both start from equal we
 first step's losses are printed side by side so a reader sees the same computation ran.
 
 Networks at the papers' sizes: pix2pix U-Net 256 + 70x70 PatchGAN (BatchNorm); CycleGAN two
-ResNet-9 generators + two PatchGANs (InstanceNorm, pools of 50). Prints one table (median s).
+ResNet-9 generators + two PatchGANs (InstanceNorm, pools of 50); pix2pixHD's global generator
+(ngf 64, 36 input channels) + 2-scale discriminators with feature matching (pix2pixHD's own
+train.py order: G step, then D). Prints one table (images/s).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ sys.path.insert(0, str(ROOT))
 from src.engine.optim import Optimization  # noqa: E402
 from src.losses.cyclegan import CycleGANLoss  # noqa: E402
 from src.losses.gan import Pix2PixLoss  # noqa: E402
-from src.models.gan import build_discriminator, build_generator  # noqa: E402
+from src.losses.pix2pixhd import Pix2PixHDLoss  # noqa: E402
+from src.models.gan import build_discriminator, build_generator, build_hd_generator  # noqa: E402
 from src.tasks.cyclegan import CycleGANTask  # noqa: E402
 from src.tasks.pix2pix import Pix2PixTask  # noqa: E402
+from src.tasks.pix2pixhd import Pix2PixHDTask  # noqa: E402
 
 ADAM = dict(lr=2e-4, betas=(0.5, 0.999))
 
@@ -137,10 +141,64 @@ def cyclegan_reference(task):
     return step
 
 
+# ---- pix2pixHD ----------------------------------------------------------------------------
+HD_LABELS = 36  # Cityscapes: 35 label channels + the instance-edge channel
+
+
+class _LabelMaps:
+    """What the Task reads from its dataset to size and check the networks."""
+
+    input_nc = HD_LABELS
+
+    def __init__(self, size):
+        self.size = size
+
+    def output_size(self):
+        return (self.size, self.size)
+
+
+def pix2pixhd_task(size):
+    return Pix2PixHDTask(
+        partial(build_hd_generator, "global", ngf=64),
+        partial(build_discriminator, "multiscale", ndf=64, num_d=2, intermediate_features=True),
+        Pix2PixHDLoss(),
+        {"train": _LabelMaps(size)},
+    )
+
+
+def pix2pixhd_reference(task):
+    """pix2pixHD train.py: one forward giving both losses (D on the detached fake and the real
+    pair, G through D on the fake pair), then loss_G.backward() + step G (its gradients also
+    land in D, cleared by D's zero_grad), loss_D.backward() + step D."""
+    g, d = copy.deepcopy(task.generator), copy.deepcopy(task.discriminator)
+    opt_g, opt_d = _adam(g.parameters()), _adam(d.parameters())
+    loss = task.loss
+
+    def step(batch):
+        a, b = batch["A"], batch["B"]
+        fake_b = g(a)
+        pred_fake_pool = d(torch.cat([a, fake_b.detach()], 1))
+        pred_real = d(torch.cat([a, b], 1))
+        pred_fake = d(torch.cat([a, fake_b], 1))
+        loss_d = loss.discriminator(pred_real, pred_fake_pool)
+        loss_g = loss.generator(pred_fake, pred_real, fake_b, b)["loss"]
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        return {"d_loss": float(loss_d), "g_loss": float(loss_g)}
+
+    return step
+
+
 TRAINERS = {
     "pix2pix": (pix2pix_task, pix2pix_reference, "U-Net 256 + PatchGAN, BN"),
     "cyclegan": (cyclegan_task, cyclegan_reference, "2 x ResNet-9 + 2 x PatchGAN, IN"),
+    "pix2pixhd": (pix2pixhd_task, pix2pixhd_reference, "global G ngf 64 + 2-scale D, 36 ch in"),
 }
+IN_CHANNELS = {"pix2pixhd": HD_LABELS}
 
 
 def ours(task):
@@ -183,7 +241,8 @@ def main() -> None:
             mine = ours(task)
             g = torch.Generator().manual_seed(1)
             shape = (bs, 3, args.size, args.size)
-            batch = {"A": torch.rand(shape, generator=g) * 2 - 1}
+            a_shape = (bs, IN_CHANNELS.get(name, 3), args.size, args.size)
+            batch = {"A": torch.rand(a_shape, generator=g) * 2 - 1}
             batch["B"] = torch.rand(shape, generator=g) * 2 - 1
             torch.manual_seed(2)
             first_ref = reference(batch)
