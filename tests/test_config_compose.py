@@ -56,7 +56,21 @@ def test_declared_kinds_pair_each_model_with_its_losses_and_datasets(model):
         assert {o for o in options(group) if _fits(model, group, o)} == expected
 
 
-COMBOS = list(itertools.product(options("model"), options("loss"), options("dataset")))
+def _combos() -> list[tuple[str, str, str]]:
+    """Every fitting (model, loss, dataset), and every misfit of one group beside a fitting pick
+    of the other (the full product grows as models x losses x datasets: thousands of composes
+    that test nothing more)."""
+    out = []
+    for model in options("model"):
+        losses = [o for o in options("loss") if _fits(model, "loss", o)]
+        datasets = [o for o in options("dataset") if _fits(model, "dataset", o)]
+        out += list(itertools.product([model], losses, datasets))
+        out += [(model, o, datasets[0]) for o in options("loss") if o not in losses]
+        out += [(model, losses[0], o) for o in options("dataset") if o not in datasets]
+    return out
+
+
+COMBOS = _combos()
 
 
 @pytest.mark.parametrize("model,loss,dataset", COMBOS)
@@ -114,3 +128,30 @@ def test_schema_rejects_typos_and_wrong_types(override, needle):
     with pytest.raises(ConfigCompositionException) as e:
         _compose(override)
     assert needle in str(e.value) + str(e.value.__cause__)
+
+
+RECIPE_OPTIMIZERS = {  # the references' optimizers: what a model trains with unless told
+    "pix2pix": ("torch.optim.Adam", 2e-4, [0.5, 0.999], "LinearDecayLR"),
+    "cyclegan": ("torch.optim.Adam", 2e-4, [0.5, 0.999], "LinearDecayLR"),
+    "pix2pixhd": ("torch.optim.Adam", 2e-4, [0.5, 0.999], "LinearDecayLR"),
+    "deblurgan": ("torch.optim.Adam", 1e-4, [0.5, 0.999], "LinearDecayLR"),
+    "wgan": ("torch.optim.RMSprop", 5e-5, None, None),
+    "wgan_gp": ("torch.optim.Adam", 1e-4, [0.0, 0.9], None),
+    "dpe": ("torch.optim.Adam", 1e-5, [0.9, 0.999], None),
+    "centernet": ("torch.optim.Adam", 2.5e-4, [0.9, 0.999], "StepLR"),
+    "ws_dan": ("torch.optim.SGD", 1e-3, None, "StepLR"),
+}
+
+
+@pytest.mark.parametrize("model", sorted(RECIPE_OPTIMIZERS))
+def test_a_model_keeps_its_optimizer_and_schedule_when_a_dataset_is_picked(model):
+    """The optimizer and schedule are the model's (conf/optimizer/default/<model>.yaml), not
+    the demo dataset file's: picking a dataset by hand keeps them; optimizer=... replaces them."""
+    target, lr, betas, sched = RECIPE_OPTIMIZERS[model]
+    fitting = [d for d in options("dataset") if _fits(model, "dataset", d)]
+    cfg = _compose(f"model={model}", f"dataset={fitting[0]}")
+    o, s = cfg.optimizer, cfg.scheduler
+    assert (o._target_, o.lr, o.get("betas")) == (target, lr, betas), (model, o)
+    assert (s._target_ or "").endswith(sched or "") and (sched is not None) == bool(s._target_)
+    assert not o.groups and not s.groups  # one optimizer config for every group
+    assert _compose(f"model={model}", "optimizer=sgd").optimizer._target_ == "torch.optim.SGD"
