@@ -38,6 +38,8 @@ Deviations, decided and documented:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -63,8 +65,9 @@ def matrix_iof(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return area_i / np.maximum(area_a[:, np.newaxis], 1)
 
 
-def random_square_crop(
-    image: np.ndarray,
+def choose_square_crop(
+    height: int,
+    width: int,
     boxes: np.ndarray,
     labels: np.ndarray,
     landmarks: np.ndarray,
@@ -75,14 +78,15 @@ def random_square_crop(
     min_face_size: float = 0.0,
     landmark_policy: str = "drop",
 ):
-    """Returns ``image, boxes, labels, landmarks, pad_image_flag`` (flag True: every try failed)."""
+    """The random draws and target arithmetic of ``random_square_crop`` for an image of
+    ``height x width``, no pixels: returns ``roi`` (``left, top, right, bottom``, None when
+    every try failed), boxes, labels, landmarks (the inputs unchanged on failure)."""
     if landmark_policy not in LANDMARK_POLICIES:
         raise ValueError(
             f"landmark_policy must be one of {LANDMARK_POLICIES}, got {landmark_policy!r}"
         )
-    height, width = image.shape[:2]
     if len(boxes) == 0:
-        return image, boxes, labels, landmarks, True
+        return None, boxes, labels, landmarks
     short_side = min(width, height)
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     for _ in range(tries):
@@ -122,46 +126,96 @@ def random_square_crop(
             boxes_t, labels_t, landms_t = boxes_t[big], labels_t[big], landms_t[big]
             if len(boxes_t) == 0:
                 continue
-        image_t = image[roi[1] : roi[3], roi[0] : roi[2]]
-        return image_t, boxes_t, labels_t, landms_t, False
-    return image, boxes, labels, landmarks, True
+        return roi, boxes_t, labels_t, landms_t
+    return None, boxes, labels, landmarks
+
+
+def random_square_crop(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    landmarks: np.ndarray,
+    img_dim: int,
+    rng: np.random.Generator,
+    tries: int = 250,
+    scales=PRE_SCALES,
+    min_face_size: float = 0.0,
+    landmark_policy: str = "drop",
+):
+    """Returns ``image, boxes, labels, landmarks, pad_image_flag`` (flag True: every try failed).
+    The image is a view of the crop."""
+    height, width = image.shape[:2]
+    roi, boxes_t, labels_t, landms_t = choose_square_crop(
+        height,
+        width,
+        boxes,
+        labels,
+        landmarks,
+        img_dim,
+        rng,
+        tries,
+        scales,
+        min_face_size,
+        landmark_policy,
+    )
+    if roi is None:
+        return image, boxes, labels, landmarks, True
+    return image[roi[1] : roi[3], roi[0] : roi[2]], boxes_t, labels_t, landms_t, False
 
 
 def _convert(channel: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> None:
+    """The reference's ``_convert`` (float64 arithmetic, clip, truncation to uint8), in place."""
     tmp = channel.astype(np.float64) * alpha + beta
     np.clip(tmp, 0, 255, out=tmp)
     channel[:] = tmp  # truncation to uint8, as the reference's in-place assignment
 
 
+_IDENTITY = np.arange(256, dtype=np.uint8)
+
+
+def _table(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``_convert`` as a lookup table: the same arithmetic on every uint8 value."""
+    return np.clip(np.arange(256, dtype=np.float64) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def draw_distort(rng: np.random.Generator) -> tuple:
+    """The random draws of ``distort`` in the reference's order: ``(contrast_last, beta,
+    alpha, saturation, hue)`` with None for a step not taken."""
+    first = bool(rng.integers(2))
+    beta = rng.uniform(-32, 32) if rng.integers(2) else None
+    alpha = None
+    if first:
+        alpha = rng.uniform(0.5, 1.5) if rng.integers(2) else None
+    sat = rng.uniform(0.5, 1.5) if rng.integers(2) else None
+    hue = int(rng.integers(-18, 19)) if rng.integers(2) else None
+    if not first:
+        alpha = rng.uniform(0.5, 1.5) if rng.integers(2) else None
+    return (not first, beta, alpha, sat, hue)
+
+
+def apply_distort(image: np.ndarray, plan: tuple) -> np.ndarray:
+    """``distort`` with drawn parameters, as uint8 lookup tables (``cv2.LUT``): brightness then
+    contrast compose into one table, saturation and hue into one 3-channel table of the HSV
+    image. Equal to the float64 arithmetic of the reference, value for value (every step is a
+    function of one uint8 value). Returns a new contiguous array (``image`` may be a view)."""
+    contrast_last, beta, alpha, sat, hue = plan
+    pre = None if beta is None else _table(beta=beta)
+    if alpha is not None and not contrast_last:
+        pre = _table(alpha=alpha)[_IDENTITY if pre is None else pre]
+    hsv = cv2.cvtColor(image if pre is None else cv2.LUT(image, pre), cv2.COLOR_BGR2HSV)
+    if sat is not None or hue is not None:
+        h = _IDENTITY if hue is None else ((np.arange(256) + hue) % 180).astype(np.uint8)
+        s = _IDENTITY if sat is None else _table(alpha=sat)
+        hsv = cv2.LUT(hsv, np.stack([h, s, _IDENTITY], -1).reshape(256, 1, 3))
+    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if alpha is not None and contrast_last:
+        out = cv2.LUT(out, _table(alpha=alpha))
+    return out
+
+
 def distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Photometric distortion of a BGR uint8 image (reference order and ranges)."""
-    image = image.copy()
-
-    def brightness():
-        if rng.integers(2):
-            _convert(image, beta=rng.uniform(-32, 32))
-
-    def contrast(img):
-        if rng.integers(2):
-            _convert(img, alpha=rng.uniform(0.5, 1.5))
-
-    def saturation_hue(img):
-        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-        if rng.integers(2):
-            _convert(hsv[:, :, 1], alpha=rng.uniform(0.5, 1.5))
-        if rng.integers(2):
-            hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int64) + int(rng.integers(-18, 19))) % 180
-        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-    if rng.integers(2):
-        brightness()
-        contrast(image)
-        image = saturation_hue(image)
-    else:
-        brightness()
-        image = saturation_hue(image)
-        contrast(image)
-    return image
+    return apply_distort(image, draw_distort(rng))
 
 
 def pad_to_square(image: np.ndarray, fill=BGR_MEAN) -> np.ndarray:
@@ -171,6 +225,18 @@ def pad_to_square(image: np.ndarray, fill=BGR_MEAN) -> np.ndarray:
     out[:, :] = fill
     out[:height, :width] = image
     return out
+
+
+def mirror_targets(boxes: np.ndarray, landmarks: np.ndarray, labels: np.ndarray, width: int):
+    """Boxes and landmarks of a horizontal flip of a ``width`` wide image (left/right swapped)."""
+    boxes = boxes.copy()
+    boxes[:, 0::2] = width - boxes[:, 2::-2]
+    landmarks = landmarks.copy()
+    has = labels > 0
+    pts = landmarks[has].reshape(-1, 5, 2)
+    pts[:, :, 0] = width - pts[:, :, 0]
+    landmarks[has] = pts[:, MIRROR_PERM].reshape(-1, 10)
+    return boxes, landmarks
 
 
 def mirror(
@@ -183,16 +249,16 @@ def mirror(
     """Horizontal flip with probability 0.5, swapping left/right landmarks."""
     if not rng.integers(2):
         return image, boxes, landmarks
-    width = image.shape[1]
-    image = image[:, ::-1]
-    boxes = boxes.copy()
-    boxes[:, 0::2] = width - boxes[:, 2::-2]
-    landmarks = landmarks.copy()
-    has = labels > 0
-    pts = landmarks[has].reshape(-1, 5, 2)
-    pts[:, :, 0] = width - pts[:, :, 0]
-    landmarks[has] = pts[:, MIRROR_PERM].reshape(-1, 10)
-    return image, boxes, landmarks
+    boxes, landmarks = mirror_targets(boxes, landmarks, labels, image.shape[1])
+    return image[:, ::-1], boxes, landmarks
+
+
+def to_chw_minus_mean(image: np.ndarray, mean=BGR_MEAN) -> np.ndarray:
+    """uint8 HWC -> float32 CHW minus the mean, in one pass per channel (no float HWC copy)."""
+    out = np.empty((image.shape[2], *image.shape[:2]), dtype=np.float32)
+    for c, plane in enumerate(cv2.split(image)):
+        np.subtract(plane, np.float32(mean[c]), out=out[c], dtype=np.float32)
+    return out
 
 
 def resize_subtract_mean(
@@ -206,8 +272,7 @@ def resize_subtract_mean(
     if rng is not None:
         interpolation = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
     out = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
-    out = out.astype(np.float32) - np.asarray(mean, dtype=np.float32)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return to_chw_minus_mean(out, mean)
 
 
 def _normalise(boxes, landmarks, labels, width, height):
@@ -220,6 +285,101 @@ def _normalise(boxes, landmarks, labels, width, height):
     landmarks[has, 1::2] /= height
     landmarks[~has] = -1
     return boxes, landmarks
+
+
+@dataclass
+class TrainPlan:
+    """Every random draw of one training sample (``draw_train_plan``), made before any pixel
+    is touched, so the image can be decoded knowing the crop (``decode_reduction``)."""
+
+    roi: np.ndarray | None  # left, top, right, bottom in pixels of the file; None: pad
+    boxes: np.ndarray  # targets after the crop, pixels of the crop
+    labels: np.ndarray
+    landmarks: np.ndarray
+    distort: tuple
+    flip: bool
+    interpolation: int
+
+    def decode_reduction(self, img_dim: int, factors=(8, 4, 2)) -> int:
+        """The largest factor ``f`` with a crop side of at least ``f * img_dim`` (the image will
+        be shrunk at least ``f`` times anyway), 1 when none, when the crop failed, or when the
+        drawn interpolation is not ``INTER_AREA``: area resizing averages the pixels the reduced
+        decode averages; the others (nearest, linear, cubic, Lanczos at >= 2x shrink) sample the
+        full-resolution pixels and keep their aliasing, a part of the augmentation the reduced
+        decode would filter away."""
+        if self.roi is None or self.interpolation != cv2.INTER_AREA:
+            return 1
+        side = int(self.roi[2] - self.roi[0])
+        return next((f for f in factors if side >= f * img_dim), 1)
+
+
+def draw_train_plan(
+    height: int,
+    width: int,
+    boxes: np.ndarray,
+    landmarks: np.ndarray,
+    labels: np.ndarray,
+    img_dim: int,
+    rng: np.random.Generator,
+    min_face_size: float = 0.0,
+    landmark_policy: str = "drop",
+) -> TrainPlan:
+    """The draws of ``train_transform`` for a ``height x width`` image, in its order (crop,
+    distortion, mirror, interpolation)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 10)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    roi, boxes_t, labels_t, landm_t = choose_square_crop(
+        height,
+        width,
+        boxes,
+        labels,
+        landmarks,
+        img_dim,
+        rng,
+        min_face_size=min_face_size,
+        landmark_policy=landmark_policy,
+    )
+    plan = draw_distort(rng)
+    flip = bool(rng.integers(2))
+    interpolation = INTERPOLATIONS[int(rng.integers(len(INTERPOLATIONS)))]
+    return TrainPlan(roi, boxes_t, labels_t, landm_t, plan, flip, interpolation)
+
+
+def apply_train_plan(
+    image: np.ndarray, plan: TrainPlan, img_dim: int, mean=BGR_MEAN, reduction: int = 1
+):
+    """Pixels and targets of a drawn sample. Every step stays uint8 until the one float32 CHW
+    output: the crop is a view, the distortion lookup tables make the one copy, the flip
+    (``cv2.flip``) commutes with those per-pixel tables so it comes after them, then the resize
+    and the mean subtraction into CHW.
+
+    ``reduction`` f > 1: ``image`` was decoded at 1/f of the file's size (``cv2.IMREAD_REDUCED_*``,
+    only chosen when the crop is shrunk at least f times); the crop is taken at
+    ``round(roi / f)``, so the content may sit up to half a reduced pixel (at most half an
+    output pixel) off, and the pixels are those of a DCT-domain downscale, not of the full
+    decode: the targets, all draws and the output size are unchanged."""
+    if plan.roi is None:
+        image_t = pad_to_square(apply_distort(image, plan.distort), mean)
+    else:
+        left, top, right, bottom = (int(v) for v in plan.roi)
+        if reduction > 1:
+            side = max(1, round((right - left) / reduction))
+            left = min(round(left / reduction), image.shape[1] - side)
+            top = min(round(top / reduction), image.shape[0] - side)
+            right, bottom = left + side, top + side
+        image_t = apply_distort(image[top:bottom, left:right], plan.distort)
+    height, width = image_t.shape[:2]
+    if reduction > 1:
+        height = width = int(plan.roi[2] - plan.roi[0])
+    boxes_t, landm_t = plan.boxes, plan.landmarks
+    if plan.flip:
+        boxes_t, landm_t = mirror_targets(boxes_t, landm_t, plan.labels, width)
+        image_t = cv2.flip(image_t, 1)
+    out = cv2.resize(image_t, (img_dim, img_dim), interpolation=plan.interpolation)
+    out = to_chw_minus_mean(out, mean)
+    boxes_t, landm_t = _normalise(boxes_t, landm_t, plan.labels, width, height)
+    return out, boxes_t, landm_t, plan.labels
 
 
 def train_transform(
@@ -235,28 +395,12 @@ def train_transform(
 ):
     """BGR uint8 HWC image + pixel ``x1 y1 x2 y2`` boxes, ``(K, 10)`` landmarks, ``(K,)`` labels
     -> float32 CHW image (``img_dim`` square), boxes and landmarks normalised to [0, 1], labels.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 10)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    image_t, boxes_t, labels_t, landm_t, pad = random_square_crop(
-        image,
-        boxes,
-        labels,
-        landmarks,
-        img_dim,
-        rng,
-        min_face_size=min_face_size,
-        landmark_policy=landmark_policy,
+    ``draw_train_plan`` then ``apply_train_plan``."""
+    height, width = image.shape[:2]
+    plan = draw_train_plan(
+        height, width, boxes, landmarks, labels, img_dim, rng, min_face_size, landmark_policy
     )
-    image_t = distort(image_t, rng)
-    if pad:
-        image_t = pad_to_square(image_t, mean)
-    image_t, boxes_t, landm_t = mirror(image_t, boxes_t, landm_t, labels_t, rng)
-    height, width = image_t.shape[:2]
-    out = resize_subtract_mean(image_t, img_dim, rng, mean)
-    boxes_t, landm_t = _normalise(boxes_t, landm_t, labels_t, width, height)
-    return out, boxes_t, landm_t, labels_t
+    return apply_train_plan(image, plan, img_dim, mean)
 
 
 def eval_transform(
@@ -290,8 +434,7 @@ def eval_transform(
         has = labels > 0
         landmarks = landmarks.copy()
         landmarks[has] = landmarks[has] * scale
-    out = image.astype(np.float32) - np.asarray(mean, dtype=np.float32)
-    out = np.ascontiguousarray(out.transpose(2, 0, 1))
+    out = to_chw_minus_mean(image, mean)
     h, w = image.shape[:2]
     boxes_n, landm_n = _normalise(boxes, landmarks, labels, w, h)
     return out, boxes_n, landm_n, labels, scale

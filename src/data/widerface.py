@@ -44,11 +44,26 @@ import numpy as np
 import torch
 
 from src.data.base import DataError, SampleDataset
-from src.data.face_transforms import BGR_MEAN, eval_transform, train_transform
+from src.data.face_transforms import BGR_MEAN, apply_train_plan, draw_train_plan, eval_transform
 
 log = logging.getLogger(__name__)
 
 LANDMARK_COLUMNS = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]
+REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_CV2_THREADS_SET: dict[int, int] = {}  # pid -> the cv2 thread count this process was given
+
+
+def set_cv2_threads(threads: int | None) -> None:
+    """``cv2.setNumThreads(threads)`` once per process (None: leave OpenCV's default). In
+    loader workers OpenCV's own thread pool only competes with the other workers."""
+    if threads is None or _CV2_THREADS_SET.get(os.getpid()) == threads:
+        return
+    cv2.setNumThreads(int(threads))
+    _CV2_THREADS_SET[os.getpid()] = threads
 
 
 @dataclass
@@ -200,6 +215,14 @@ class WiderFaceDataset(SampleDataset):
     resizes keep the aspect ratio, training samples are square ``image_size`` crops).
 
     ``rng`` None -> evaluation transform (``eval_size`` None keeps the original size).
+
+    Speed (training samples, the same draws and targets either way): every random draw is made
+    before the image is decoded (``draw_train_plan``), from the image size (read from the file
+    header once, then cached); with ``reduced_decode`` an image whose crop will be shrunk at
+    least 2, 4 or 8 times is decoded at that reduced size (``cv2.IMREAD_REDUCED_COLOR_*``: a
+    DCT-domain downscale, nearly the pixels of the full decode, see ``apply_train_plan``);
+    ``False`` decodes every image in full (pixel-exact with the reference pipeline).
+    ``cv2_threads`` (default 1) is set in each process that loads samples.
     """
 
     def __init__(
@@ -214,6 +237,8 @@ class WiderFaceDataset(SampleDataset):
         landmark_policy: str = "drop",
         gt_dir: str | os.PathLike | None = None,
         source: str = "",
+        reduced_decode: bool = True,
+        cv2_threads: int | None = 1,
     ):
         if on_missing not in ("error", "skip"):
             raise ValueError("on_missing must be 'error' or 'skip'")
@@ -224,6 +249,9 @@ class WiderFaceDataset(SampleDataset):
         self.min_face_size = float(min_face_size)
         self.landmark_policy = landmark_policy
         self.gt_dir = Path(gt_dir) if gt_dir is not None else None
+        self.reduced_decode = bool(reduced_decode)
+        self.cv2_threads = cv2_threads
+        self._sizes: dict[int, tuple[int, int]] = {}
         self.clipped_boxes = 0
         self.dropped_boxes = 0
         self._warned: set[str] = set()
@@ -245,12 +273,31 @@ class WiderFaceDataset(SampleDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def read_image(self, index: int) -> np.ndarray:
+    def read_image(self, index: int, reduction: int = 1) -> np.ndarray:
         path = self.images_dir / self.records[index].path
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        flag = REDUCED_FLAGS[reduction] if reduction > 1 else cv2.IMREAD_COLOR
+        img = cv2.imread(str(path), flag)
         if img is None:
             raise DataError(f"{path}: cannot read the image (corrupt or not an image)")
+        if reduction == 1:
+            self._sizes[index] = img.shape[:2]
         return img
+
+    def file_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of an image as ``read_image`` gives it: cached, else from the file header
+        (PIL reads only the header), else by decoding it."""
+        if index not in self._sizes:
+            try:
+                from PIL import Image
+
+                with Image.open(self.images_dir / self.records[index].path) as im:
+                    w, h = im.size
+                    if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # OpenCV applies EXIF turns
+                        w, h = h, w
+                self._sizes[index] = (h, w)
+            except Exception:  # unreadable header: the decoder decides (and reports)
+                self.read_image(index)
+        return self._sizes[index]
 
     def _clip(self, rec: FaceRecord, height: int, width: int):
         boxes = rec.boxes.astype(np.float64)
@@ -274,25 +321,30 @@ class WiderFaceDataset(SampleDataset):
         return clipped[keep], rec.landmarks[keep].astype(np.float64), rec.labels[keep]
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
+        set_cv2_threads(self.cv2_threads)
         rec = self.records[index]
-        img = self.read_image(index)
-        height, width = img.shape[:2]
-        boxes, landmarks, labels = self._clip(rec, height, width)
         if rng is None:
+            img = self.read_image(index)
+            height, width = img.shape[:2]
+            boxes, landmarks, labels = self._clip(rec, height, width)
             image, boxes, landmarks, labels, scale = eval_transform(
                 img, boxes, landmarks, labels, self.eval_size, self.mean
             )
         else:
-            image, boxes, landmarks, labels = train_transform(
-                img,
-                boxes,
-                landmarks,
-                labels,
-                self.image_size,
-                rng,
-                self.mean,
-                self.min_face_size,
-                self.landmark_policy,
+            height, width = self.file_size(index)
+            state = rng.bit_generator.state
+            plan = self._plan(rec, height, width, rng)
+            f = plan.decode_reduction(self.image_size) if self.reduced_decode else 1
+            img = self.read_image(index, f)
+            if img.shape[:2] != (-(-height // f), -(-width // f)):
+                # the header's size was not the decoded one: decode in full, draw again
+                img = img if f == 1 else self.read_image(index)
+                height, width = img.shape[:2]
+                self._sizes[index] = (height, width)
+                rng.bit_generator.state = state
+                plan, f = self._plan(rec, height, width, rng), 1
+            image, boxes, landmarks, labels = apply_train_plan(
+                img, plan, self.image_size, self.mean, f
             )
             scale = float("nan")  # crops: no single mapping back to the file
         return {
@@ -304,6 +356,20 @@ class WiderFaceDataset(SampleDataset):
             "orig_size": (height, width),
             "scale": scale,
         }
+
+    def _plan(self, rec: FaceRecord, height: int, width: int, rng: np.random.Generator):
+        boxes, landmarks, labels = self._clip(rec, height, width)
+        return draw_train_plan(
+            height,
+            width,
+            boxes,
+            landmarks,
+            labels,
+            self.image_size,
+            rng,
+            self.min_face_size,
+            self.landmark_policy,
+        )
 
     # evaluation helpers
     def keys(self) -> list[tuple[str, str]]:

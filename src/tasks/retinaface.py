@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from src.data.base import DataError
-from src.data.face_transforms import BGR_MEAN
+from src.data.face_transforms import BGR_MEAN, to_chw_minus_mean
 from src.data.widerface import collate_faces
 from src.logging.detections import DetectionItem
 from src.models.retinaface.detect import DetectConfig, detect
@@ -252,8 +252,7 @@ class RetinaFaceTask(Task):
         if self.predict_size:
             scale = self.predict_size / max(raw.shape[:2])
             img = cv2.resize(raw, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        x = img.astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+        x = torch.from_numpy(to_chw_minus_mean(img, BGR_MEAN))[None].to(device)
         d = self.detect_batch(x, scale)[0]
         boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
         points = d["landmarks"].cpu().numpy()

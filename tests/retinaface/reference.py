@@ -220,3 +220,22 @@ def reference_detect(
     dets = np.hstack((boxes, scores[:, None]))
     keep = py_cpu_nms(dets, nms_thresh)
     return dets[keep][:keep_top_k], lm[keep][:keep_top_k]
+
+
+def reference_prior_box(h, w, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32)):
+    """The reference's ``PriorBox.forward`` (layers/functions/prior_box.py): Python loops over
+    levels, cells and sizes, a float32 (P, 4) ``cxcywh`` tensor. Its detect.py builds it for
+    every image."""
+    from itertools import product
+    from math import ceil
+
+    anchors = []
+    for k, step in enumerate(steps):
+        for i, j in product(range(ceil(h / step)), range(ceil(w / step))):
+            for min_size in min_sizes[k]:
+                s_kx, s_ky = min_size / w, min_size / h
+                dense_cx = [x * step / w for x in [j + 0.5]]
+                dense_cy = [y * step / h for y in [i + 0.5]]
+                for cy, cx in product(dense_cy, dense_cx):
+                    anchors += [cx, cy, s_kx, s_ky]
+    return torch.Tensor(anchors).view(-1, 4)

@@ -3,12 +3,25 @@
 The reference (biubug6/Pytorch_Retinaface ``detect.py``) per image: decode boxes and landmarks
 against the priors (variances 0.1 / 0.2) and scale them to pixels; keep scores (softmax face
 probability) ``> 0.02``; sort by score and keep the top 5000; greedy NMS at IoU 0.4 with the
-legacy ``+1`` areas of ``py_cpu_nms``; keep the first 750. Here the same steps run on the whole
-batch at once (decoding, scoring and top-k are one tensor op each; NMS is one ``batched_nms``
-call per group of images whose candidates fit ``max_nms_boxes``, since NMS memory is quadratic in
-its input). Decoding uses the toolkit's ``NormalizedBoxCenterDecoder`` /
-``NormalizedLandmarkCenterDecoder``; NMS is ``src.ops.batched_nms`` with ``offset`` (1 = the
-reference's ``x2 - x1 + 1`` areas, the default here so detections match it; 0 = plain areas).
+legacy ``+1`` areas of ``py_cpu_nms``; keep the first 750. Here the same detections come out of
+less work, for the whole batch at once, with no Python loop over boxes:
+
+* scores first: the softmax runs only on priors whose logit difference can pass the threshold
+  (``_candidates``, exact), then threshold and top-k per image (two stable sorts: by decreasing
+  score, ties by prior index);
+* only those candidates' boxes are decoded, and only the detections' landmarks;
+* NMS stops early: greedy NMS decides a box by the kept boxes above it only, so NMS of an
+  image's best ``m`` candidates keeps exactly what full NMS keeps among them; once that reaches
+  ``keep_top_k`` the rest cannot change the output (``_nms_first_kept``: ``m`` starts at
+  ``1.25 * keep_top_k`` and grows while an image keeps fewer);
+* NMS is ``src.ops.batched_nms`` (torchvision's compiled NMS on CPU, exact for the legacy
+  ``offset``), one call per group of images whose candidates fit ``max_nms_boxes``;
+* ``priors=None`` takes the cached default priors of the input size (``prior_boxes``: an lru
+  cache keyed by size, device and dtype).
+
+Decoding uses the toolkit's ``NormalizedBoxCenterDecoder`` / ``NormalizedLandmarkCenterDecoder``;
+``nms_offset`` 1 = the reference's ``x2 - x1 + 1`` areas (the default, so detections match it),
+0 = plain areas. tests/retinaface/test_detect*.py compare with a numpy port of the reference.
 
 Boxes and landmarks come out in pixels of the network input divided by ``scale`` (the resize
 factor of each image, so the default 1 gives input pixels and the evaluation's ``scale`` gives
@@ -17,12 +30,14 @@ pixels of the original file). Detections of an image are sorted by decreasing sc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from src.models.retinaface.priors import prior_boxes
 from src.nn import NormalizedBoxCenterDecoder, NormalizedLandmarkCenterDecoder
 from src.ops import batched_nms
 
@@ -76,7 +91,7 @@ def detect(
     loc: Tensor,
     conf: Tensor,
     landm: Tensor,
-    priors: Tensor,
+    priors: Tensor | None,
     image_size: tuple[int, int],
     scale: Tensor | Sequence[float] | float = 1.0,
     cfg: DetectConfig | None = None,
@@ -84,59 +99,134 @@ def detect(
     """Detections per image: ``[{"boxes" (K, 4) x1 y1 x2 y2, "scores" (K,), "landmarks"
     (K, 10)}, ...]`` in pixels (see the module doc), at most ``keep_top_k`` each.
 
-    ``image_size`` is the (H, W) of the network input the priors were made for.
+    ``image_size`` is the (H, W) of the network input the priors were made for; ``priors``
+    None takes the default ones for that size (``prior_boxes``, cached per size, device and
+    dtype).
     """
     cfg = cfg or DetectConfig()
-    bsz = loc.shape[0]
+    if loc.dtype in (torch.float16, torch.bfloat16):
+        loc, conf, landm = loc.float(), conf.float(), landm.float()
+    bsz, device, dtype = loc.shape[0], loc.device, loc.dtype
     h, w = int(image_size[0]), int(image_size[1])
-    boxes, scores, points = decode(loc, conf, landm, priors, cfg.variances)
-    scale_t = torch.as_tensor(scale, dtype=boxes.dtype, device=boxes.device).reshape(-1)
+    if priors is None:
+        priors = prior_boxes((h, w), device=device, dtype=dtype)
+    priors = priors.to(device=device, dtype=dtype)
+    v0, v1 = (float(v) for v in cfg.variances)
+    top_k = int(cfg.top_k)
+
+    # threshold and per-image top-k on the scores alone
+    img, pri, cand_scores = _candidates(conf, float(cfg.confidence_threshold))
+    # per image, by decreasing score (ties: lower prior index first, two stable sorts)
+    order = torch.sort(cand_scores, descending=True, stable=True).indices
+    order = order[torch.sort(img[order], stable=True).indices]
+    img, pri, cand_scores = img[order], pri[order], cand_scores[order]
+    counts = torch.bincount(img, minlength=bsz)
+    rank = _rank_in_image(img, counts)
+    if top_k < len(img):  # top-k per image
+        sel = rank < top_k
+        img, pri, cand_scores, rank = img[sel], pri[sel], cand_scores[sel], rank[sel]
+        counts = counts.clamp(max=top_k)
+
+    # decode the candidates' boxes only, scaled to pixels of the input divided by `scale`
+    scale_t = torch.as_tensor(scale, dtype=dtype, device=device).reshape(-1)
     scale_t = scale_t.expand(bsz) if scale_t.numel() == 1 else scale_t
-    px = torch.tensor([w, h], dtype=boxes.dtype, device=boxes.device)
-    boxes = boxes * px.repeat(2) / scale_t[:, None, None]
-    points = points * px.repeat(5) / scale_t[:, None, None]
+    px = torch.tensor([w, h], dtype=dtype, device=device)
+    boxes = NormalizedBoxCenterDecoder(stds=(v0, v0, v1, v1))(loc[img, pri], priors[pri])
+    boxes = boxes * px.repeat(2) / scale_t[img, None]
 
-    # threshold + top-k before NMS, for all images at once
-    k = min(int(cfg.top_k), scores.shape[1])
-    masked = torch.where(
-        scores > cfg.confidence_threshold, scores, torch.full_like(scores, float("-inf"))
+    keep = _nms_first_kept(boxes, cand_scores, img, rank, counts, cfg)
+    img_k, pri_k = img[keep], pri[keep]
+    points = NormalizedLandmarkCenterDecoder(stds=(v0, v0))(
+        landm[img_k, pri_k].reshape(-1, 5, 2), priors[pri_k]
     )
-    top, idx = masked.topk(k, dim=1, sorted=True)  # (B, k) descending
-    valid = top > float("-inf")
-    counts = valid.sum(dim=1).tolist()
-    image_id = torch.arange(bsz, device=loc.device)[:, None].expand(bsz, k)
-    flat = valid.reshape(-1)
-    cand_img = image_id.reshape(-1)[flat]
-    cand_scores = scores.gather(1, idx).reshape(-1)[flat]
-    cand_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4)[flat]
-    cand_points = points.gather(1, idx[..., None].expand(-1, -1, 10)).reshape(-1, 10)[flat]
+    points = points.reshape(-1, 10) * px.repeat(5) / scale_t[img_k, None]
+    boxes, kept_scores = boxes[keep], cand_scores[keep]
+    per_image = torch.bincount(img_k, minlength=bsz).tolist()
+    return [
+        {"boxes": b, "scores": s, "landmarks": p}
+        for b, s, p in zip(
+            torch.split(boxes, per_image),
+            torch.split(kept_scores, per_image),
+            torch.split(points, per_image),
+        )
+    ]
 
-    out: list[dict[str, Tensor]] = []
+
+def _candidates(conf: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(image, prior, score) of the priors whose face score (softmax) is above ``threshold``,
+    in (image, prior) order. The softmax runs on the candidates only: priors whose logit
+    difference is clearly below ``logit(threshold)`` (by a margin far wider than float
+    rounding) are dropped first, then the exact threshold applies to the softmax scores, so
+    the result is that of thresholding the softmax of every prior."""
+    if 0.0 < threshold < 1.0:
+        c0, c1 = conf[..., 0], conf[..., 1]
+        margin = 1e-3 * (1.0 + c0.abs() + c1.abs())
+        pre = (c1 - c0) > (math.log(threshold) - math.log1p(-threshold)) - margin
+        img, pri = torch.nonzero(pre, as_tuple=True)
+    else:
+        everything = torch.ones(conf.shape[:2], dtype=torch.bool, device=conf.device)
+        img, pri = torch.nonzero(everything, as_tuple=True)
+    scores = conf[img, pri].softmax(dim=-1)[:, 1]
+    sel = scores > threshold
+    return img[sel], pri[sel], scores[sel]
+
+
+def _rank_in_image(img: Tensor, counts: Tensor) -> Tensor:
+    """Position of each candidate among its image's (candidates sorted by image)."""
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(len(img), device=img.device) - starts[img]
+
+
+def _nms_first_kept(
+    boxes: Tensor, scores: Tensor, img: Tensor, rank: Tensor, counts: Tensor, cfg: DetectConfig
+) -> Tensor:
+    """Indices of the first ``keep_top_k`` boxes greedy NMS keeps in each image, sorted by image
+    then decreasing score; candidates come sorted the same way.
+
+    Greedy NMS decides a box by the kept boxes ranked above it only, so NMS of an image's
+    ``m`` best candidates keeps exactly what NMS of all of them keeps among those ``m``: once it
+    keeps ``keep_top_k`` of them, the rest cannot change the output. Each image starts with
+    ``2 * keep_top_k`` candidates and, while it keeps fewer than ``keep_top_k`` and has more,
+    grows its prefix (by the kept fraction seen, at least doubling) and runs again."""
+    bsz, keep_top_k = len(counts), int(cfg.keep_top_k)
+    if len(img) == 0 or keep_top_k <= 0:
+        return img[:0]
+    m = counts.clamp(max=max(-(-5 * keep_top_k // 4), 64))
+    todo = counts > 0
+    done_keep = []
+    while True:
+        idx = torch.nonzero(todo[img] & (rank < m[img])).flatten()
+        sub_img = img[idx]
+        keep = idx[_nms_groups(boxes[idx], scores[idx], sub_img, bsz, cfg)]
+        kept = torch.bincount(img[keep], minlength=bsz)
+        done = todo & ((kept >= keep_top_k) | (m >= counts))
+        done_keep.append(keep[done[img[keep]]])
+        todo &= ~done
+        if not bool(todo.any()):
+            break
+        grow = torch.ceil(m * 1.25 * keep_top_k / kept.clamp(min=1)).long()
+        m = torch.minimum(torch.maximum(grow, 2 * m), counts)
+    keep = torch.sort(torch.cat(done_keep)).values
+    return keep[_rank_in_image(img[keep], torch.bincount(img[keep], minlength=bsz)) < keep_top_k]
+
+
+def _nms_groups(boxes: Tensor, scores: Tensor, img: Tensor, bsz: int, cfg: DetectConfig) -> Tensor:
+    """``batched_nms`` over candidates sorted by image, one call per group of images whose
+    candidates fit ``max_nms_boxes``; kept indices sorted ascending (= by image, then score)."""
+    counts = torch.bincount(img, minlength=bsz).tolist()
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)
+    out = []
     for a, b in _groups(counts, int(cfg.max_nms_boxes)):
         lo, hi = offsets[a], offsets[b]
-        g_img = cand_img[lo:hi]
-        keep = batched_nms(
-            cand_boxes[lo:hi].float() if cand_boxes.dtype == torch.float16 else cand_boxes[lo:hi],
-            cand_scores[lo:hi],
-            g_img,
-            float(cfg.nms_threshold),
-            offset=float(cfg.nms_offset),
-        )
-        keep = keep + lo  # sorted by decreasing score over the whole group
-        kept_img = cand_img[keep]
-        order = torch.sort(kept_img, stable=True).indices  # group by image, score order kept
-        keep, kept_img = keep[order], kept_img[order]
-        per_image = torch.bincount(kept_img - a, minlength=b - a).tolist()
-        for chunk in torch.split(keep, per_image):
-            chunk = chunk[: int(cfg.keep_top_k)]
-            out.append(
-                {
-                    "boxes": cand_boxes[chunk],
-                    "scores": cand_scores[chunk],
-                    "landmarks": cand_points[chunk],
-                }
+        if hi > lo:
+            keep = batched_nms(
+                boxes[lo:hi],
+                scores[lo:hi],
+                img[lo:hi],
+                float(cfg.nms_threshold),
+                offset=float(cfg.nms_offset),
             )
-    return out
+            out.append(keep + lo)
+    return torch.sort(torch.cat(out)).values if out else img[:0]
