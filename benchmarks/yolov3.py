@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.losses.yolo import YoloLoss  # noqa: E402
-from src.models.yolov3 import ANCHORS, MASKS  # noqa: E402
+from src.models.yolov3 import ANCHORS, MASKS, YOLOv3  # noqa: E402
 from src.models.yolov3.detect import postprocess  # noqa: E402
 from tests.yolov3.archive_port import (  # noqa: E402
     archive_compute_loss,
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--train-batch", type=int, default=2, help="0 = skip the training step row")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     p, boxes, labels = inputs(a.batch, a.size, a.targets, a.classes)
@@ -105,6 +106,29 @@ def main() -> None:
     print(f"| {'post-processing (conf 0.001, NMS 0.6)':<42} | {t_post:9.1f} |")
     print(f"| {'post-processing, archive loop port':<42} | {t_post_port:9.1f} |")
     print(f"({n_cand} (box, class) candidates over conf 0.001 in the {a.batch} images)")
+    if a.train_batch:
+        rate = train_images_per_s(a)
+        print(f"training step (Darknet-53 YOLOv3, {a.classes} classes, SGD): "
+              f"{rate:.2f} img/s at {a.size} px, batch {a.train_batch}")  # fmt: skip
+
+
+def train_images_per_s(a) -> float:
+    """Forward, GIoU loss, backward, SGD step of the full network (one optimizer step)."""
+    torch.manual_seed(0)
+    net = YOLOv3(num_classes=a.classes).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.937, nesterov=True)
+    loss = YoloLoss()
+    x = torch.rand(a.train_batch, 3, a.size, a.size)
+    _, boxes, labels = inputs(a.train_batch, a.size, a.targets, a.classes, seed=1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = loss(net(x), boxes, labels, net.layer_anchors(), net.strides)["loss"]
+        out.backward()
+        opt.step()
+
+    ms = timed(step, max(1, a.repeats // 2))
+    return a.train_batch / ms * 1e3
 
 
 if __name__ == "__main__":
