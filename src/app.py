@@ -97,6 +97,20 @@ def option_kind(group: str, option: str, repo: Any = None, _seen: tuple = ()) ->
     return None
 
 
+def extended_option(group: str, option: str, repo: Any = None) -> str:
+    """The option a ``default/<model>`` file stands for (``optimizer=default/ws_dan`` -> ``sgd``:
+    the first option of the group its defaults list names); other options unchanged."""
+    if not str(option).startswith("default/"):
+        return option
+    result = (repo or _config_repository()).load_config(f"{group}/{option}")
+    for entry in (result.defaults_list or []) if result is not None else []:
+        name = getattr(entry, "path", None) or getattr(entry, "name", None) or ""
+        for prefix in (f"/{group}/", f"{group}/"):
+            if name.startswith(prefix) and "schema" not in name:
+                return name[len(prefix) :]
+    return option
+
+
 def choices_of_kind(group: str, kinds: tuple[str, ...]) -> list[str]:
     """``group=option`` for every option on the config search path whose kind is in kinds."""
     repo = _config_repository()
@@ -253,7 +267,10 @@ def run_keys(cfg: DictConfig) -> dict[str, Any]:
         return keys
     for group, option in hc.runtime.choices.items():
         if not str(group).startswith("hydra"):
-            keys[f"choices/{group}"] = option
+            # a model's default (optimizer=default/ws_dan) is recorded as what it is (sgd)
+            keys[f"choices/{group}"] = (
+                option if option is None else extended_option(str(group), str(option))
+            )
     overrides = list(hc.overrides.task)
     keys["overrides"] = " ".join(overrides)
     for item in overrides:

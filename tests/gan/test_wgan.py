@@ -638,7 +638,9 @@ def test_recipes_compose():
     assert list(celeba.optimizer.betas) == [0.0, 0.9] and celeba.model.critic.norm == "layer"
     assert celeba.loss.lambda_gp == 10 and celeba.loss.alpha_per == "sample"
     assert celeba.model.clip_value == 0 and celeba.model.warmup_critic_iters == 0
-    assert list(demo.optimizer.groups.D.betas) == [0.0, 0.9]
+    # the model's own optimizer (conf/optimizer/default/wgan_gp.yaml), one config for G and D
+    assert demo.optimizer._target_ == "torch.optim.Adam" and list(demo.optimizer.betas) == [0, 0.9]
+    assert not demo.optimizer.groups
 
 
 # ---- learning (slow) ---------------------------------------------------------------------------
