@@ -26,6 +26,7 @@ import torch
 
 from src.data.base import DataError
 from src.data.detection import collate_detection, letterbox, read_rgb, to_tensor, to_uint8
+from src.logging.detections import DetectionItem, draw_detections
 from src.models.centernet.decode import DecodeConfig, decode, postprocess
 from src.tasks.base import Task, unwrap
 from src.utils.errors import UserError
@@ -40,28 +41,13 @@ class CenterNetConfigError(UserError):
 def draw_boxes(
     image_rgb: np.ndarray, boxes, scores, labels, names=None, threshold=0.3
 ) -> np.ndarray:
-    """A copy of the RGB uint8 image with the boxes scoring at least ``threshold``."""
-    out = np.ascontiguousarray(image_rgb.copy())
-    thick = max(1, round(max(out.shape[:2]) / 400))
-    for box, score, label in zip(boxes, scores, labels):
-        if score < threshold or label < 0:
-            continue
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        colour = tuple(int(c) for c in np.random.default_rng(int(label)).integers(64, 256, 3))
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        name = (
-            names[int(label)] if names is not None and int(label) < len(names) else str(int(label))
-        )
-        cv2.putText(
-            out,
-            f"{name} {score:.2f}",
-            (x1, max(y1 - 3, 8)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.35 * thick,
-            colour,
-            1,
-        )
-    return out
+    """A copy of the RGB uint8 image with the boxes scoring at least ``threshold`` (padding
+    rows, label -1, left out), drawn by the shared ``src.logging.detections.draw_detections``."""
+    boxes, scores, labels = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
+    keep = labels >= 0
+    predictions = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    item = DetectionItem(image_rgb, predictions, None, list(names or []))
+    return draw_detections(item, min_score=threshold, max_boxes=int(keep.sum()))
 
 
 class CenterNetTask(Task):
