@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from src.data.base import DataError
 from src.data.detection import collate_detection, letterbox, read_rgb, to_tensor
+from src.logging.detections import DetectionItem, draw_detections
 from src.models.yolov3 import decode
 from src.models.yolov3.detect import postprocess
 from src.models.yolov3.warmup import BurnIn
@@ -51,25 +52,11 @@ class YOLOv3ConfigError(UserError):
 def draw_boxes(
     image_rgb: np.ndarray, boxes, scores, labels, names: list[str] | None = None
 ) -> np.ndarray:
-    """A copy of the uint8 RGB image with boxes and ``class score`` captions."""
-    out = np.ascontiguousarray(image_rgb.copy())
-    thick = max(1, round(max(out.shape[:2]) / 400))
-    for box, score, label in zip(boxes, scores, labels):
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        hue = (int(label) * 47) % 180
-        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        name = names[int(label)] if names and int(label) < len(names) else str(int(label))
-        cv2.putText(
-            out,
-            f"{name} {float(score):.2f}",
-            (x1, max(y1 - 3, 8)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.35 * thick,
-            colour,
-            1,
-        )
-    return out
+    """A copy of the uint8 RGB image with boxes and ``class score`` captions (the shared
+    ``src.logging.detections.draw_detections``)."""
+    predictions = {"boxes": np.asarray(boxes), "scores": np.asarray(scores), "labels": labels}
+    item = DetectionItem(image_rgb, predictions, None, list(names or []))
+    return draw_detections(item, min_score=-np.inf, max_boxes=len(predictions["boxes"]))
 
 
 class YOLOv3Task(Task):
