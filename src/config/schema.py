@@ -43,6 +43,11 @@ class TrainerConfig:
     ema_decay: Optional[float] = None  # e.g. 0.9999: evaluate/predict/export an EMA of the weights
     ema_ramp: Optional[float] = 2000.0  # decay * (1 - exp(-updates / ramp)); null = constant
     preempt_at_step: int = -1  # drill: send SIGTERM to this process after this optimizer step
+    # speed (src/engine/trainer.py; benchmarks/train_step.py measures them)
+    compile: Any = False  # false | true | a torch.compile mode (e.g. max-autotune): the networks
+    compile_backend: str = "inductor"  # torch.compile backend (eager / aot_eager: for debugging)
+    compile_dynamic: Optional[bool] = None  # torch.compile dynamic= (None: torch's automatic)
+    channels_last: bool = False  # networks and 4-D batch tensors in NHWC memory order
 
 
 # ---- optimizers ------------------------------------------------------------------------------
@@ -52,6 +57,8 @@ def _groups() -> Any:
     return field(default_factory=dict)
 
 
+# ``foreach`` / ``fused``: torch's multi-tensor or fused implementations of the same update
+# (null = the engine's default, foreach wherever the class has it; src/engine/optim.py).
 @dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
@@ -59,6 +66,8 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
+    foreach: Optional[bool] = None
+    fused: Optional[bool] = None
     groups: dict[str, Any] = _groups()
 
 
@@ -69,6 +78,8 @@ class AdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+    fused: Optional[bool] = None
     groups: dict[str, Any] = _groups()
 
 
@@ -86,6 +97,7 @@ class RMSpropConfig:
     eps: float = 1e-8
     momentum: float = 0.0
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None  # (RMSprop has no fused implementation)
     groups: dict[str, Any] = _groups()
 
 

@@ -141,15 +141,19 @@ def batches(loader: DataLoader) -> Iterator[Any]:
         it._shutdown_workers()  # torch's own orderly shutdown (the iterator's __del__ uses it)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """``batch`` with every tensor on ``device``; with ``channels_last`` the 4-D ones (image
+    batches) in NHWC memory order (same values, the layout the networks' weights then have)."""
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4:
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(to_device(v, device) for v in batch))
+        return type(batch)(*(to_device(v, device, channels_last) for v in batch))
     if isinstance(batch, Sequence) and not isinstance(batch, str):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
     return batch
 
 
@@ -173,8 +177,8 @@ class DeviceLoader:
     """Iterates a DataLoader, moving batches to the device (what Task.evaluate receives).
     Each pass shuts its workers down when it ends or is abandoned."""
 
-    def __init__(self, loader: DataLoader, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader: DataLoader, device: torch.device, channels_last: bool = False):
+        self.loader, self.device, self.channels_last = loader, device, channels_last
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -188,7 +192,7 @@ class DeviceLoader:
     def _pass(self):
         with batches(self.loader) as it:
             for batch in it:
-                yield to_device(batch, self.device)
+                yield to_device(batch, self.device, self.channels_last)
 
     def close(self) -> None:
         """End every pass still open (an evaluation that stopped early or raised)."""

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from src.utils.errors import UserError
+
 from . import distributed as D
 from .checkpoint import CheckpointError, load, nonfinite_entries, save_atomic, task_weights
 from .data import DeviceLoader, batch_size_of, batches, make_loader, to_device
@@ -50,15 +52,50 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def _scalars(d: dict[str, Any], prefix: str) -> dict[str, float]:
-    out = {}
+    """The one-element entries of ``d`` as floats, the tensors fetched in one host transfer
+    (called only on logged steps)."""
+    out, keys, tensors = {}, [], []
     for k, v in d.items():
         if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                continue
-            v = v.detach().float().item()
-        if isinstance(v, (int, float)):
+            if v.numel() == 1:
+                keys.append(f"{prefix}{k}")
+                tensors.append(v.detach().reshape(()).float())
+        elif isinstance(v, (int, float)):
             out[f"{prefix}{k}"] = float(v)
+    if tensors:
+        devices = {t.device for t in tensors}
+        values = (
+            torch.stack(tensors).tolist()
+            if len(devices) == 1
+            else [t.cpu().item() for t in tensors]
+        )
+        out.update(zip(keys, values))
     return out
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(value: Any, backend: str, dynamic: bool | None) -> dict[str, Any] | None:
+    """``trainer.compile`` (false | true | a mode) -> ``nn.Module.compile`` kwargs, or None."""
+    text = str(value).lower()
+    if value is None or text == "false":
+        return None
+    kwargs: dict[str, Any] = {"backend": backend, "dynamic": dynamic}
+    if text == "true":
+        return kwargs
+    if value in COMPILE_MODES:
+        return {**kwargs, "mode": value}
+    raise UserError(
+        f"trainer.compile={value!r}: use false, true or one of {', '.join(COMPILE_MODES)}"
+    )
+
+
+def compile_networks(task, names: tuple[str, ...], kwargs: dict[str, Any]) -> None:
+    """torch.compile each network in place (``nn.Module.compile``: the module stays itself, so
+    state-dict keys, checkpoints, DDP wrapping and EMA copies are unchanged)."""
+    for name in names:
+        getattr(task, name).compile(**kwargs)
 
 
 class Trainer:
@@ -82,6 +119,14 @@ class Trainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.task.to(self.device)
+        self.channels_last = bool(cfg.get("channels_last", False))
+        if self.channels_last:  # 4-D weights NHWC; 4-D batch tensors follow in to_device
+            self.task.to(memory_format=torch.channels_last)
+        self.compile_kwargs = compile_options(
+            cfg.get("compile", False),
+            cfg.get("compile_backend", "inductor"),
+            cfg.get("compile_dynamic", None),
+        )
         self.ema = (
             EMA(task, task.ema_modules or task.ddp_modules, cfg.ema_decay, cfg.ema_ramp)
             if cfg.ema_decay
@@ -247,7 +292,7 @@ class Trainer:
                     torch.no_grad(),
                     autocast_context(self.device, self.cfg.precision),
                 ):
-                    device_loader = DeviceLoader(loader, self.device)
+                    device_loader = DeviceLoader(loader, self.device, self.channels_last)
                     try:
                         found = self.task.evaluate(device_loader)
                     finally:
@@ -257,7 +302,9 @@ class Trainer:
                     if getattr(self.logger.backend, "log_images_enabled", False):
                         with batches(loader) as it:
                             first = next(it)
-                        images = self.task.visualize(to_device(first, self.device))
+                        images = self.task.visualize(
+                            to_device(first, self.device, self.channels_last)
+                        )
                 self.logger.log_images(images, self.global_step)
                 self.task.train(was_training)
         metrics = D.broadcast_object(metrics)
@@ -306,6 +353,8 @@ class Trainer:
         self.schedulers = build_schedulers(self.opt.optimizers, self.scheduler_cfg)
         if ckpt_path:
             self.restore(ckpt_path)
+        if self.compile_kwargs is not None:  # training (and its evaluations) only
+            compile_networks(task, task.ddp_modules, self.compile_kwargs)
         if self.ddp:
             D.wrap_ddp(task, task.ddp_modules, self.device, c.find_unused_parameters)
         self.loader = self._loader("train", train=True)
@@ -389,7 +438,9 @@ class Trainer:
         """One micro-batch: hooks, forward, (automatic) backward and step."""
         task = self.task
         n_images = batch_size_of(batch) * self.world
-        batch = task.on_train_batch_start(to_device(batch, self.device), self.global_step)
+        batch = task.on_train_batch_start(
+            to_device(batch, self.device, self.channels_last), self.global_step
+        )
         skipped = self.opt.nonfinite_total
         if self._buffers:
             torch._foreach_copy_(self._buffer_copy, self._buffers)
@@ -399,6 +450,7 @@ class Trainer:
             name = next(iter(self.opt.optimizers))
             self.opt.backward(out["loss"], name)
             self.opt.step(name)
+        self.opt.resolve()  # flags of a micro-batch inside an accumulation window
         if self.opt.nonfinite_total != skipped and self._buffers:
             # a skipped step leaves no trace: its forward already moved e.g. BN statistics
             torch._foreach_copy_(self._buffers, self._buffer_copy)
