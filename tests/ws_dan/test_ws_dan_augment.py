@@ -131,3 +131,25 @@ def test_crop_and_drop_compile_as_one_graph():
     compiled = torch.compile(both, fullgraph=True, backend="eager")
     for got, want in zip(compiled(images, maps), both(images, maps)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_crop_float32_within_stated_tolerance_of_float64_loop():
+    """float32 images: the sampling points are rounded once to float32 (about size * 6e-8 px,
+    ~3e-5 px at 448), so values differ from the float64 loop by at most that shift times the
+    image's steepest pixel step (< 8 for these randn images) plus float32 rounding: 5e-4 holds;
+    the boxes (from the same float32 maps) are identical."""
+    g = torch.Generator().manual_seed(11)
+    images = torch.randn(4, 3, 448, 448, generator=g)
+    centre = torch.rand(4, 2, 1, 1, generator=g) * 26  # one blob per map: boxes inside
+    side = torch.arange(26.0)
+    d2 = (side[:, None] - centre[:, :1]) ** 2 + (side[None, :] - centre[:, 1:]) ** 2
+    maps = torch.exp(-d2 / 18.0)  # (4, 1, 26, 26)
+    thetas = 0.4 + 0.2 * draws(4, 4)
+    want, want_boxes = crop_loop(images.double(), maps, thetas, 0.1)
+    gen = torch.Generator().manual_seed(4)
+    got_boxes = crop_boxes(maps, (448, 448), (0.4, 0.6), 0.1, gen)
+    torch.testing.assert_close(got_boxes, want_boxes)
+    assert (want_boxes[:, 2:] - want_boxes[:, :2] < 448).all()
+    got = attention_crop(images, maps, (0.4, 0.6), 0.1, torch.Generator().manual_seed(4))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=5e-4)

@@ -78,8 +78,10 @@ def crop_boxes(
     height, width = image_size
     thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
     up = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=True)[:, 0]
-    mask = up >= thr[:, None, None]
-    rows, cols = mask.any(dim=2), mask.any(dim=1)  # (B, H), (B, W)
+    # ``any`` as a max over the mask's bytes: the same booleans, an order of magnitude faster
+    # on CPU (a vectorised uint8 reduction instead of the boolean one).
+    mask = (up >= thr[:, None, None]).view(torch.uint8)
+    rows, cols = mask.amax(dim=2).bool(), mask.amax(dim=1).bool()  # (B, H), (B, W)
     ys = torch.arange(height, device=maps.device)
     xs = torch.arange(width, device=maps.device)
     top = torch.where(rows, ys, height).amin(dim=1)
@@ -104,6 +106,10 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
     Same sampling points as ``F.interpolate(img[..., y0:y1, x0:x1], (H, W), 'bilinear',
     align_corners=True)``: output row i reads source row ``y0 + i * (y1 - 1 - y0) / (H - 1)``.
+    The per-sample rows and columns are computed in float64 and rounded once to the images'
+    dtype; the (B, H, W, 2) grid is filled from them by two broadcast copies. Every point lies
+    in [0, size - 1] (the grid is clamped to [-1, 1]), so ``padding_mode="zeros"`` reads the
+    same values as "border" (a tap outside the image has weight 0) and is the faster kernel.
     """
     b, _, height, width = images.shape
     boxes = boxes.to(images.device, torch.float64)
@@ -115,14 +121,12 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     src_y = y0[:, None] + steps_y[None] * scale_y[:, None]  # (B, H) source pixel rows
     src_x = x0[:, None] + steps_x[None] * scale_x[:, None]  # (B, W)
     # align_corners=True: -1 is pixel 0's centre, +1 is pixel (size-1)'s centre.
-    gy = src_y * 2.0 / max(height - 1, 1) - 1.0
-    gx = src_x * 2.0 / max(width - 1, 1) - 1.0
-    grid = torch.stack(
-        [gx[:, None, :].expand(b, height, width), gy[:, :, None].expand(b, height, width)], dim=-1
-    )
-    return F.grid_sample(
-        images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=True
-    )
+    gy = (src_y * 2.0 / max(height - 1, 1) - 1.0).clamp(-1.0, 1.0).to(images.dtype)
+    gx = (src_x * 2.0 / max(width - 1, 1) - 1.0).clamp(-1.0, 1.0).to(images.dtype)
+    grid = images.new_empty(b, height, width, 2)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def attention_crop(
@@ -153,7 +157,7 @@ def drop_mask(
     thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
     up = F.interpolate(maps, size=tuple(image_size), mode="bilinear", align_corners=True)
     keep = up < thr[:, None, None, None]
-    nothing_kept = ~keep.flatten(1).any(dim=1)
+    nothing_kept = keep.flatten(1).view(torch.uint8).amax(dim=1) == 0  # ~any, vectorised
     return keep | nothing_kept[:, None, None, None]
 
 
@@ -165,4 +169,4 @@ def attention_drop(
 ) -> torch.Tensor:
     """Erase (set to 0, the normalised mean colour) where the attention map is strong."""
     keep = drop_mask(attention_map, images.shape[-2:], theta, generator)
-    return images * keep.to(images.dtype)
+    return images * keep  # bool x float keeps the images' dtype, no float mask is made
