@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from src.models.gan.discriminators import NLayerDiscriminator
 from src.models.gan.generators import ResnetBlock, ResnetGenerator
 from src.models.gan.layers import conv_bias, init_weights, norm_layer
 from src.utils.errors import UserError
@@ -80,28 +81,12 @@ class DeblurResnetGenerator(ResnetGenerator):
         return torch.clamp(x + out, -1.0, 1.0) if self.learn_residual else out
 
 
-class PatchCritic(nn.Module):
-    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"):
-        super().__init__()
-        bias = conv_bias(norm)
-        layers: list[nn.Module] = [
-            nn.Conv2d(input_nc, ndf, 4, stride=2, padding=2),
-            nn.LeakyReLU(0.2, True),
-        ]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < n_layers else 1
-            layers += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=2, bias=bias),
-                norm_layer(norm, ndf * mult),
-                nn.LeakyReLU(0.2, True),
-            ]
-        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=2))
-        self.model = nn.Sequential(*layers)
+class PatchCritic(NLayerDiscriminator):
+    """The PatchGAN of ``NLayerDiscriminator`` with DeblurGAN's padding 2 (unconditional: it
+    sees one image, so ``input_nc`` is 3)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"):
+        super().__init__(input_nc, ndf, n_layers, norm, padding=2)
 
 
 def build_deblurgan_generator(

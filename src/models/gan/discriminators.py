@@ -3,7 +3,8 @@
 * ``NLayerDiscriminator`` (junyanz ``netD=basic`` is ``n_layers=3``: a 70x70 PatchGAN):
   4x4 convs, stride 2 for the first ``n_layers``, then stride 1 twice, padding 1, widths ndf,
   2ndf, ... capped at 8ndf, LeakyReLU(0.2), no norm on the first conv, one logit per patch.
-  Keys ``model.<i>.weight`` as the reference.
+  Keys ``model.<i>.weight`` as the reference. ``padding=2`` is DeblurGAN's variant of it (its
+  ``PatchCritic``), same layers and keys.
 * ``PixelDiscriminator`` (``netD=pixel``, a 1x1 PatchGAN): keys ``net.<i>``.
 * ``MultiscaleDiscriminator`` (NVIDIA/pix2pixHD): ``num_d`` PatchGANs of pix2pixHD's variant
   (kernel 4, padding 2, every conv with a bias), the first on the input, each next one on the
@@ -26,11 +27,18 @@ from src.utils.errors import UserError
 
 
 class NLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc: int = 6, ndf: int = 64, n_layers: int = 3, norm: str = "batch"):
+    def __init__(
+        self,
+        input_nc: int = 6,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        padding: int = 1,
+    ):
         super().__init__()
         bias = conv_bias(norm)
         layers: list[nn.Module] = [
-            nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1),
+            nn.Conv2d(input_nc, ndf, 4, stride=2, padding=padding),
             nn.LeakyReLU(0.2, True),
         ]
         mult = 1
@@ -38,11 +46,11 @@ class NLayerDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
             layers += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=padding, bias=bias),
                 norm_layer(norm, ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
-        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=padding))
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
