@@ -29,7 +29,8 @@ from scipy import ndimage
 
 from src.data.base import DataError
 from src.data.gopro import build_gopro
-from src.data.synthetic_translation import _draw, _shapes, write_once
+from src.data.synthetic_translation import _draw, _shapes
+from src.data.write_once import write_once
 
 FORMAT_VERSION = 1
 

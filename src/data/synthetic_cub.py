@@ -17,10 +17,6 @@ so concurrent processes (DDP ranks) and interrupted runs never see a half-writte
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.cub import build_cub
+from src.data.write_once import write_once
 
 MARKER = "synthetic_cub.json"
 FORMAT_VERSION = 1
@@ -181,44 +178,18 @@ def ensure_synthetic_cub(
         "test_per_class": int(test_per_class),
         "source_size": int(source_size),
     }
-    marker = root / MARKER
-    if not marker.is_file():
-        if root.exists() and any(root.iterdir()):
-            raise DataError(
-                f"synthetic_cub: {root} exists but has no {MARKER} (not a finished synthetic "
-                "dataset); delete that folder or point dataset.root elsewhere"
-            )
+    if not (root / MARKER).is_file():
         class_table(num_classes)  # validate before writing anything
         if min(train_per_class, test_per_class) < 1 or source_size < 32:
             raise DataError(
                 "synthetic_cub: train_per_class and test_per_class must be >= 1 and "
                 f"source_size >= 32, got {train_per_class}, {test_per_class}, {source_size}"
             )
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            generate(tmp, **{k: v for k, v in params.items() if k != "format"})
-            (tmp / MARKER).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
-            if root.exists():  # an empty folder (e.g. made by hand): replace it
-                try:
-                    root.rmdir()
-                except OSError:
-                    pass
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not marker.is_file():  # not another process winning the race
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    found = json.loads(marker.read_text(encoding="utf-8"))
-    if found != params:
-        raise DataError(
-            f"synthetic_cub: {root} was generated with {found}, but {params} was asked for; "
-            "delete that folder or point dataset.root elsewhere"
-        )
-    return root
+
+    def write(tmp: Path) -> None:
+        generate(tmp, **{k: v for k, v in params.items() if k != "format"})
+
+    return write_once(root, MARKER, params, write)
 
 
 def build_synthetic_cub(

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -42,6 +39,7 @@ import cv2
 import numpy as np
 
 from src.data.base import DataError
+from src.data.write_once import write_parts_once
 
 log = logging.getLogger(__name__)
 
@@ -308,53 +306,6 @@ def _write_yolo(tmp: Path, seed: int, num_train: int, num_val: int, size: int) -
     )
 
 
-def _ensure(
-    root: Path, marker: str, params: dict, owned: tuple[str, ...], write: Callable[[Path], None]
-) -> Path:
-    """Write a dataset under ``root`` once (see the module docstring)."""
-    root = Path(root)
-    marker_path = root / marker
-
-    def done() -> bool:
-        try:
-            return json.loads(marker_path.read_text()) == params
-        except (OSError, ValueError):
-            return False
-
-    if done():
-        return root
-    if root.exists():
-        foreign = [p.name for p in root.iterdir() if p.name not in (*owned, marker)]
-        if foreign:
-            raise DataError(
-                f"{root}: not a {marker.split('.')[0]} directory (contains "
-                f"{', '.join(sorted(foreign)[:3])}); choose an empty or new root"
-            )
-    log.info("writing %s to %s (%s)", marker.split(".")[0], root, params)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        write(tmp)
-        if done():  # another process finished first
-            return root
-        root.mkdir(parents=True, exist_ok=True)
-        marker_path.unlink(missing_ok=True)
-        for name in owned:
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            os.replace(tmp / name, target)
-        tmp_marker = root / f".{marker}.tmp-{os.getpid()}"
-        tmp_marker.write_text(json.dumps(params))
-        os.replace(tmp_marker, marker_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
 def _params(seed, num_train, num_val, source_size) -> dict:
     return {
         "version": VERSION,
@@ -372,7 +323,7 @@ def ensure_synthetic_coco(
         _coco_split(tmp, "train", 0, num_train, seed, source_size)
         _coco_split(tmp, "val", 1, num_val, seed, source_size)
 
-    return _ensure(
+    return write_parts_once(
         Path(root),
         "synthetic_coco.json",
         _params(seed, num_train, num_val, source_size),
@@ -384,7 +335,7 @@ def ensure_synthetic_coco(
 def ensure_synthetic_voc(
     root, seed: int = 0, num_train: int = 128, num_val: int = 32, source_size: int = 256
 ) -> Path:
-    return _ensure(
+    return write_parts_once(
         Path(root),
         "synthetic_voc.json",
         _params(seed, num_train, num_val, source_size),
@@ -397,7 +348,7 @@ def ensure_synthetic_yolo(
     root, seed: int = 0, num_train: int = 16, num_val: int = 8, source_size: int = 128
 ) -> Path:
     """A small YOLO-txt dataset (``data.yaml`` at the root), for tests."""
-    return _ensure(
+    return write_parts_once(
         Path(root),
         "synthetic_yolo.json",
         _params(seed, num_train, num_val, source_size),

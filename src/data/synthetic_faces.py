@@ -26,16 +26,15 @@ bytes, and image i does not depend on how many images are generated.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from src.data.base import DataError
+from src.data.write_once import write_parts_once
 
 log = logging.getLogger(__name__)
 
@@ -209,38 +208,13 @@ def ensure_synthetic_faces(
         "num_val": int(num_val),
         "image_size": int(image_size),
     }
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except (OSError, ValueError):
-            pass
-    if root.exists():
-        foreign = [p.name for p in root.iterdir() if p.name not in (*OWNED, MARKER)]
-        if foreign:
-            raise DataError(
-                f"{root}: not a synthetic_faces directory (contains "
-                f"{', '.join(sorted(foreign)[:3])}); choose an empty or new root"
-            )
-    log.info("writing synthetic faces to %s (%s)", root, params)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: Path) -> None:
         _write_split(tmp, "train", 0, num_train, seed, image_size)
         val = _write_split(tmp, "val", 1, num_val, seed, image_size)
         _write_val_gt(tmp, val)
-        root.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        for name in OWNED:
-            shutil.rmtree(root / name, ignore_errors=True)
-            os.replace(tmp / name, root / name)
-        tmp_marker = root / f".{MARKER}.tmp-{os.getpid()}"
-        tmp_marker.write_text(json.dumps(params))
-        os.replace(tmp_marker, marker)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return write_parts_once(root, MARKER, params, OWNED, write)
 
 
 def synthetic_faces_splits(

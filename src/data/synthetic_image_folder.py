@@ -9,7 +9,7 @@ domains A and B). A two-mode distribution: a generator that covers only one mode
 the average of both, stays far from it in ``fd_random``.
 
 Deterministic by ``seed``; written once into a temporary sibling folder, marker file last,
-then renamed into place (``synthetic_translation``'s writer), so concurrent runs never see half
+then renamed into place (``src.data.write_once``), so concurrent runs never see half
 a dataset, and a root generated with other options is one DataError line.
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 
 from src.data.base import DataError
 from src.data.image_folder import build_image_folder
-from src.data.synthetic_translation import render_domain, write_once
+from src.data.synthetic_translation import render_domain
+from src.data.write_once import write_once
 
 FORMAT_VERSION = 1
 KINDS = {"warm": "A", "cool": "B"}

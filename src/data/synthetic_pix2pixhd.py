@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.pix2pixhd import build_pix2pixhd_dataset, colorize, instance_edges, palette_colors
-from src.data.synthetic_translation import write_once
+from src.data.write_once import write_once
 
 FORMAT_VERSION = 1
 LABELS = ("sky", "road", "building", "car", "person", "sign")

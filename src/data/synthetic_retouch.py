@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.fivek import build_fivek
-from src.data.synthetic_translation import write_once
+from src.data.write_once import write_once
 
 FORMAT_VERSION = 1
 MARKER = "synthetic_fivek.json"

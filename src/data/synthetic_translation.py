@@ -17,11 +17,6 @@ dataset; a root whose marker records other options is one DataError line.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from src.data.base import DataError
 from src.data.image_translation import build_paired_images, build_unpaired_images
+from src.data.write_once import write_once
 
 FORMAT_VERSION = 1
 KINDS = ("disc", "square", "triangle")
@@ -81,42 +77,6 @@ def render_domain(rng: np.random.Generator, size: int, domain: str) -> Image.Ima
     for kind, cx, cy, r in _shapes(rng, size):
         _draw(draw, kind, cx, cy, r, palette[kind], None, 1)
     return image
-
-
-def write_once(root: Path, marker: str, params: dict, write: Callable[[Path], None]) -> Path:
-    root = Path(root).expanduser()
-    name = marker.removesuffix(".json")
-    if not (root / marker).is_file():
-        if root.exists() and any(root.iterdir()):
-            raise DataError(
-                f"{name}: {root} exists but has no {marker} (not a finished synthetic dataset); "
-                "delete that folder or point dataset.root elsewhere"
-            )
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            write(tmp)
-            (tmp / marker).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
-            if root.exists():
-                try:
-                    root.rmdir()
-                except OSError:
-                    pass
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not (root / marker).is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    found = json.loads((root / marker).read_text(encoding="utf-8"))
-    if found != params:
-        raise DataError(
-            f"{name}: {root} was generated with {found}, but {params} was asked for; delete "
-            "that folder or point dataset.root elsewhere"
-        )
-    return root
 
 
 def _check(name: str, counts: dict[str, int], source_size: int) -> None:
