@@ -11,13 +11,13 @@ Uses the TorchScript-based exporter (``dynamo=False``).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from src.models.centernet.decode import DecodeConfig, decode
+from src.utils.onnx_export import export_images_onnx
 
 OUTPUTS = ("boxes", "scores", "classes", "centers", "ct_scores", "ct_classes")
 
@@ -50,25 +50,7 @@ def export_onnx(
     opset_version: int = 17,
 ) -> Path:
     cfg = DecodeConfig() if cfg is None else cfg
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(net.parameters())
-    sample = torch.zeros(1, 3, *sample_size, device=param.device, dtype=param.dtype)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                DecodeGraph(net, cfg),
-                (sample,),
-                str(path),
-                input_names=["images"],
-                output_names=list(OUTPUTS),
-                dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUTS}},
-                opset_version=opset_version,
-                dynamo=False,
-            )
-    finally:
-        net.train(was)
-    return path
+    axes = {"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUTS}}
+    return export_images_onnx(
+        DecodeGraph(net, cfg), path, sample_size, OUTPUTS, axes, opset_version=opset_version
+    )

@@ -7,11 +7,11 @@ only ``onnx``."""
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from src.utils.onnx_export import export_images_onnx
 
 
 def export_generator_onnx(
@@ -21,30 +21,8 @@ def export_generator_onnx(
     input_nc: int = 3,
     opset_version: int = 17,
 ) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(generator.parameters())
-    sample = torch.zeros(1, input_nc, *sample_size, device=param.device, dtype=param.dtype)
-    was_training = generator.training
-    generator.eval()
-    axes = {
-        "images": {0: "batch", 2: "height", 3: "width"},
-        "translated": {0: "batch", 2: "height", 3: "width"},
-    }
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                generator,
-                (sample,),
-                str(path),
-                input_names=["images"],
-                output_names=["translated"],
-                dynamic_axes=axes,
-                opset_version=opset_version,
-                dynamo=False,
-            )
-    finally:
-        generator.train(was_training)
-    return path
+    axes = {"batch": 0, "height": 2, "width": 3}
+    dynamic = {name: {i: a for a, i in axes.items()} for name in ("images", "translated")}
+    return export_images_onnx(
+        generator, path, sample_size, ["translated"], dynamic, input_nc, 1, opset_version
+    )

@@ -12,11 +12,11 @@ torch.export-based exporter additionally needs ``onnxscript``.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from src.utils.onnx_export import export_images_onnx
 
 
 class _WithSoftmax(nn.Module):
@@ -43,33 +43,14 @@ def export_onnx(
     ``sample_size`` is the (H, W) of the tracing input; the exported graph accepts any batch,
     height and width. The model's training flag is restored afterwards.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(model.parameters())
-    sample = torch.zeros(batch_size, 3, *sample_size, device=param.device, dtype=param.dtype)
-    net = _WithSoftmax(model) if softmax else model
-    was_training = model.training
-    model.eval()
     axes = {
         "images": {0: "batch", 2: "height", 3: "width"},
         "loc": {0: "batch", 1: "priors"},
         "conf": {0: "batch", 1: "priors"},
         "landm": {0: "batch", 1: "priors"},
     }
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                net,
-                (sample,),
-                str(path),
-                input_names=["images"],
-                output_names=["loc", "conf", "landm"],
-                dynamic_axes=axes,
-                opset_version=opset_version,
-                dynamo=dynamo,
-            )
-    finally:
-        model.train(was_training)
-    return path
+    graph = _WithSoftmax(model) if softmax else model
+    return export_images_onnx(
+        graph, path, sample_size, ["loc", "conf", "landm"], axes, 3, batch_size, opset_version,
+        dynamo,
+    )  # fmt: skip

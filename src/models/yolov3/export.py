@@ -8,11 +8,12 @@ fixed (export once per size). TorchScript-based exporter (``dynamo=False``).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from src.utils.onnx_export import export_images_onnx
 
 from .detect import scores_of, xywh_to_corners
 from .model import decode
@@ -29,22 +30,5 @@ class DecodedYOLOv3(nn.Module):
 
 
 def export_onnx(net: nn.Module, path: Path, size: tuple[int, int] = (416, 416)) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = DecodedYOLOv3(net).eval()
-    device = next(net.parameters()).device
-    sample = torch.zeros(1, 3, int(size[0]), int(size[1]), device=device)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            model,
-            (sample,),
-            str(path),
-            input_names=["images"],
-            output_names=["boxes", "scores"],
-            dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
+    axes = {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
+    return export_images_onnx(DecodedYOLOv3(net), path, size, ["boxes", "scores"], axes)
