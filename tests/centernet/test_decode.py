@@ -198,3 +198,75 @@ def test_empty_decode_gives_padding():
         decode(maps), (80, 96), torch.tensor([[80, 96]]), 1.0, (0, 0), flip=False, map_size=(20, 24)
     )
     assert (got["labels"] == -1).all() and (got["scores"] == 0).all()
+
+
+def _port_groups(boxes, scores, labels, sigma=0.5, floor=0.001, max_per_image=100):
+    ok = scores > -1
+    rows = np.c_[boxes[ok], scores[ok], labels[ok]]
+    parts = [port_soft_nms(rows[rows[:, 5] == c], sigma, floor) for c in np.unique(rows[:, 5])]
+    want = np.concatenate(parts) if parts else np.zeros((0, 6))
+    return want[np.argsort(-want[:, 4], kind="stable")][:max_per_image]
+
+
+@pytest.mark.parametrize("floor", [0.001, 0.3, 0.6])
+def test_soft_nms_batched_ties_follow_the_reference_working_array(floor):
+    """Scores on a few levels and boxes on a coarse grid: many exact ties, many boxes dropped
+    (the reference's swap-with-last removal permutes its array, which decides later ties)."""
+    g = np.random.default_rng(7)
+    b, n = 3, 160
+    xy = g.integers(0, 6, (b, n, 2)) * 10.0
+    boxes = np.concatenate([xy, xy + g.integers(1, 4, (b, n, 2)) * 10.0], -1)
+    scores = g.integers(1, 5, (b, n)) / 4.0
+    scores[1, ::3] = -1
+    labels = g.integers(0, 3, (b, n))
+    for p in (100, 7):
+        got = soft_nms_batched(
+            torch.tensor(boxes),
+            torch.tensor(scores),
+            torch.tensor(labels),
+            floor=floor,
+            max_per_image=p,
+        )
+        for i in range(b):
+            want = _port_groups(boxes[i], scores[i], labels[i], floor=floor, max_per_image=p)
+            k = len(want)
+            assert (got["labels"][i, k:] == -1).all()
+            np.testing.assert_array_equal(got["labels"][i, :k].numpy(), want[:, 5])
+            np.testing.assert_array_equal(got["boxes"][i, :k].numpy(), want[:, :4])
+            np.testing.assert_allclose(got["scores"][i, :k].numpy(), want[:, 4], rtol=1e-12)
+
+
+def test_soft_nms_batched_early_exit_changes_nothing():
+    g = np.random.default_rng(11)
+    b, n = 4, 600
+    xy = g.uniform(0, 300, (b, n, 2))
+    boxes = torch.tensor(np.concatenate([xy, xy + g.uniform(5, 120, (b, n, 2))], -1))
+    scores = torch.tensor(g.uniform(0, 1, (b, n)))
+    labels = torch.tensor(g.integers(0, 3, (b, n)))
+    fast = soft_nms_batched(boxes, scores, labels, check_every=1)
+    full = soft_nms_batched(boxes, scores, labels, max_per_image=n)
+    for k in fast:
+        torch.testing.assert_close(fast[k], full[k][:, :100], rtol=0, atol=0)
+    for i in range(b):
+        want = _port_groups(boxes[i].numpy(), scores[i].numpy(), labels[i].numpy())
+        np.testing.assert_allclose(fast["scores"][i].numpy(), want[:, 4], rtol=1e-12)
+
+
+def test_peak_topk_equals_full_map_pooling_with_ties():
+    from src.models.centernet.decode import _peak_topk, _topk, peak_nms
+
+    g = torch.Generator().manual_seed(5)
+    heat = torch.randn(2, 4, 40, 48, generator=g, dtype=torch.float64)
+    heat[0, 1, 10:30, 10:30] = 3.0  # a plateau: ties, and many positions that are not peaks
+    heat[1] = torch.round(heat[1] * 2) / 2  # few distinct levels
+    for first in (8, 1024):  # 8: the candidate set must grow
+        got = _peak_topk(heat, 70, 3, first=first)
+        want = _topk(peak_nms(torch.sigmoid(heat)), 70)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)  # the K best values
+        # positions: ties in flat-index order (the reference's stable argsort; topk has none)
+        pk = peak_nms(torch.sigmoid(heat)).reshape(2, -1)
+        order = torch.sort(pk, dim=1, descending=True, stable=True).indices[:, :70]
+        torch.testing.assert_close(got[2] * 40 * 48 + got[1], order, rtol=0, atol=0)
+        pix = order % (40 * 48)
+        torch.testing.assert_close(got[3], (pix // 48).double(), rtol=0, atol=0)
+        torch.testing.assert_close(got[4], (pix % 48).double(), rtol=0, atol=0)

@@ -3,12 +3,15 @@
 ``decode`` (ONNX-exportable; the reference's ``kp_utils._decode``), on the last stack's maps:
 
 1. sigmoid heatmaps, 3 x 3 max-pool peak NMS (a value survives where it equals its window max);
-2. top-K (K=70) corners of each kind over all classes and positions, top-K centers;
+2. top-K (K=70) corners of each kind over all classes and positions, top-K centers, ties in
+   flat-index order (the reference's stable ``argsort``). Eagerly ``_peak_topk`` gets the same
+   K without the full-map sigmoid and pooling (candidates = the largest logits, their windows
+   checked, grown until provably complete); traced / exported it is the full-map graph;
 3. every top-left x bottom-right pair (K x K): positions + gathered offsets, score = the mean of
    the two corner scores; a pair is rejected (score -1) when the classes differ, when
    ``|tag_tl - tag_br| > ae_threshold`` (0.5), or when the box is inverted (``br_x < tl_x`` or
    ``br_y < tl_y``);
-4. the ``num_dets`` (1000) best pairs.
+4. the ``num_dets`` (1000) best pairs (eagerly a stable sort: ties in pair order).
 
 ``postprocess`` (the reference's test/coco.py ``kp_detection``, single scale), on ``decode``'s
 output for a batch (and, with ``flip``, its mirrored copy as the second half of the batch):
@@ -67,11 +70,63 @@ def peak_nms(heat: Tensor, kernel: int = 3) -> Tensor:
 def _topk(heat: Tensor, k: int):
     b, c, h, w = heat.shape
     scores, inds = heat.reshape(b, -1).topk(k, dim=1)
+    return (scores, *_unravel(inds, h, w, heat.dtype))
+
+
+def _unravel(inds: Tensor, h: int, w: int, dtype: torch.dtype):
     classes = torch.div(inds, h * w, rounding_mode="floor")
     pix = inds - classes * (h * w)
     ys = torch.div(pix, w, rounding_mode="floor")
     xs = pix - ys * w
-    return scores, pix, classes, ys.to(heat.dtype), xs.to(heat.dtype)
+    return pix, classes, ys.to(dtype), xs.to(dtype)
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def _peak_topk(logits: Tensor, k: int, kernel: int = 3, first: int = 1024):
+    """``_topk(peak_nms(sigmoid(logits)), k)`` without the full-map sigmoid and pooling, ties in
+    flat-index order (the reference's stable ``argsort``).
+
+    The ``m`` largest logits of each image are the candidates (sigmoid is monotone, so every
+    other position's sigmoid is at most that of the smallest candidate); each candidate's
+    ``kernel`` x ``kernel`` window is gathered and it is a peak when its sigmoid equals the
+    window's maximum (out-of-map neighbours are -inf, as the pooling's padding). The K best
+    candidate peaks are the map's K best peaks when the K-th is above the smallest candidate's
+    sigmoid (no other position can reach or tie it); otherwise ``m`` grows (x 8) and it runs
+    again, up to the whole map."""
+    b, c, h, w = logits.shape
+    n = c * h * w
+    flat = logits.reshape(b, -1)
+    r = (kernel - 1) // 2
+    d = torch.arange(-r, r + 1, device=logits.device)
+    dy, dx = (v.reshape(-1) for v in torch.meshgrid(d, d, indexing="ij"))
+    m = min(n, max(first, 4 * k))
+    while True:
+        low, cand = flat.topk(m, dim=1, sorted=False)
+        cand = cand.sort(dim=1).values  # flat-index order: stable ties below
+        cls = torch.div(cand, h * w, rounding_mode="floor")
+        pix = cand - cls * (h * w)
+        y = torch.div(pix, w, rounding_mode="floor")
+        x = pix - y * w
+        ny, nx = y[..., None] + dy, x[..., None] + dx  # (B, m, kernel^2)
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        nb = (cls[..., None] * h + ny.clamp(0, h - 1)) * w + nx.clamp(0, w - 1)
+        win = flat.gather(1, nb.reshape(b, -1)).reshape(nb.shape)
+        win = torch.sigmoid(torch.where(inside, win, torch.full_like(win, float("-inf"))))
+        centre = win[..., (kernel * kernel) // 2]
+        score = centre * (win.amax(-1) == centre).to(centre.dtype)
+        score, order = torch.sort(score, dim=1, descending=True, stable=True)
+        score, order = score[:, :k], order[:, :k]
+        if m == n:
+            break
+        floor = torch.sigmoid(low.amin(1))
+        if bool((score[:, -1] > torch.nextafter(floor, torch.full_like(floor, 2.0))).all()):
+            break
+        m = min(n, m * 8)
+    inds = cand.gather(1, order)
+    return (score, *_unravel(inds, h, w, logits.dtype))
 
 
 def _gather(feat: Tensor, pix: Tensor) -> Tensor:
@@ -88,14 +143,18 @@ def decode(out: dict[str, Tensor], cfg: DecodeConfig = DecodeConfig()) -> dict[s
     Returns ``boxes`` (B, D, 4) in output-map units, ``scores`` (B, D) (-1 = rejected pair),
     ``tl_scores``, ``br_scores`` (B, D), ``classes`` (B, D) int64; ``centers`` (B, K, 2),
     ``ct_scores`` (B, K), ``ct_classes`` (B, K) int64. D = min(num_dets, K * K)."""
-    tl_heat = peak_nms(torch.sigmoid(out["tl_heat"]), cfg.kernel)
-    br_heat = peak_nms(torch.sigmoid(out["br_heat"]), cfg.kernel)
-    ct_heat = peak_nms(torch.sigmoid(out["ct_heat"]), cfg.kernel)
-    b, c, h, w = tl_heat.shape
+    b, c, h, w = out["tl_heat"].shape
     k = min(cfg.top_k, c * h * w)
-    tl_s, tl_pix, tl_c, tl_y, tl_x = _topk(tl_heat, k)
-    br_s, br_pix, br_c, br_y, br_x = _topk(br_heat, k)
-    ct_s, ct_pix, ct_c, ct_y, ct_x = _topk(ct_heat, k)
+    export = _exporting()
+
+    def top(name):
+        if export:  # the graph: full-map sigmoid, pooling, top-k
+            return _topk(peak_nms(torch.sigmoid(out[name]), cfg.kernel), k)
+        return _peak_topk(out[name], k, cfg.kernel)
+
+    tl_s, tl_pix, tl_c, tl_y, tl_x = top("tl_heat")
+    br_s, br_pix, br_c, br_y, br_x = top("br_heat")
+    ct_s, ct_pix, ct_c, ct_y, ct_x = top("ct_heat")
     tl_r, br_r, ct_r = (
         _gather(out["tl_regr"], tl_pix),
         _gather(out["br_regr"], br_pix),
@@ -115,7 +174,11 @@ def decode(out: dict[str, Tensor], cfg: DecodeConfig = DecodeConfig()) -> dict[s
     scores = torch.where(reject, torch.full_like(scores, -1.0), scores)
     boxes = torch.stack(torch.broadcast_tensors(tl_x, tl_y, br_x, br_y), dim=3).reshape(b, k * k, 4)
     d = min(cfg.num_dets, k * k)
-    scores, inds = scores.reshape(b, k * k).topk(d, dim=1)
+    if export:
+        scores, inds = scores.reshape(b, k * k).topk(d, dim=1)
+    else:  # ties in index order, as the reference's stable argsort
+        scores, inds = torch.sort(scores.reshape(b, k * k), dim=1, descending=True, stable=True)
+        scores, inds = scores[:, :d], inds[:, :d]
     ti = torch.div(inds, k, rounding_mode="floor")
     bi = inds - ti * k
     return {
@@ -251,81 +314,162 @@ def soft_nms_batched(
     floor: float = 0.001,
     offset: float = 1.0,
     max_per_image: int = 100,
+    check_every: int = 8,
 ) -> dict[str, Tensor]:
     """Per-image, per-class soft-NMS of (B, N) boxes; scores <= -1 are absent.
 
-    Every (image, class) group runs at once: the groups are packed into a (G, L) table and
-    each of the L rounds, vectorised over the groups, takes each group's best remaining box,
-    decays the overlapping remaining ones (``iw > 0`` and ``ih > 0`` with widths ``x2 - x1 +
-    offset``) by ``exp(-iou^2 / sigma)`` (method 2), ``1 - iou`` above ``nt`` (1) or 0 above
-    ``nt`` (0), and drops those decayed below ``floor``. Returns the ``max_per_image`` best
-    kept boxes per image (``boxes``, ``scores`` (0 padding), ``labels`` (-1 padding))."""
+    The reference's sequential ``soft_nms`` (nms.pyx, with the boxes under the floor removed)
+    for every (image, class) group at once: the groups are packed into a (G, L) table and each
+    round, vectorised over the groups, takes each group's best remaining box, decays the
+    overlapping remaining ones (``iw > 0`` and ``ih > 0`` with widths ``x2 - x1 + offset``) by
+    ``exp(-iou^2 / sigma)`` (method 2), ``1 - iou`` above ``nt`` (1) or 0 above ``nt`` (0), and
+    drops those decayed below ``floor``. Rounds = the largest group, not the sum.
+
+    Ties as the reference: it picks the first maximum in its working array, which it permutes
+    (the pick swaps with the head; a dropped box is replaced by the array's last one), so each
+    box's place in that array is tracked (``pos`` / ``at``) and a tie goes to the lowest place.
+    The result is sorted as the reference's ``argsort(-score, kind="stable")`` over the groups'
+    outputs concatenated in class order, each in pick order.
+
+    Early exit: every ``check_every`` rounds, an image whose ``max_per_image``-th best kept
+    score is above all its remaining scores is finished (scores only decrease, so nothing left
+    can reach its output). Returns the ``max_per_image`` best kept boxes per image (``boxes``,
+    ``scores`` (0 padding), ``labels`` (-1 padding))."""
     b, n = scores.shape
     dev = scores.device
     p = min(max_per_image, n)
-    out_scores = torch.full((b, n), -1.0, dtype=torch.float64, device=dev)
+    boxes64 = boxes.double()
     valid = scores > -1
     flat = valid.reshape(-1).nonzero()[:, 0]
-    if flat.numel():
-        img = torch.div(flat, n, rounding_mode="floor")
-        lab = labels.reshape(-1)[flat]
-        key = img * (int(labels.max()) + 1) + lab
-        key, order = key.sort(stable=True)
-        flat = flat[order]
-        _, counts = torch.unique_consecutive(key, return_counts=True)
-        g = counts.numel()
-        length = int(counts.max())
-        start = torch.cumsum(counts, 0) - counts
-        gid = torch.repeat_interleave(torch.arange(g, device=dev), counts)
-        pos = torch.arange(flat.numel(), device=dev) - start[gid]
-        s = torch.zeros((g, length), dtype=torch.float64, device=dev)
-        bx = torch.zeros((g, length, 4), dtype=torch.float64, device=dev)
-        active = torch.zeros((g, length), dtype=torch.bool, device=dev)
-        src = torch.full((g, length), -1, dtype=torch.long, device=dev)
-        s[gid, pos] = scores.reshape(-1)[flat].double()
-        bx[gid, pos] = boxes.reshape(-1, 4)[flat].double()
-        active[gid, pos] = True
-        src[gid, pos] = flat
-        kept = torch.full((g, length), -1.0, dtype=torch.float64, device=dev)
-        area = (bx[..., 2] - bx[..., 0] + offset) * (bx[..., 3] - bx[..., 1] + offset)
-        rows = torch.arange(g, device=dev)
-        neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=dev)
-        for _ in range(length):
-            cur = torch.where(active, s, neg_inf)
-            best, sel = cur.max(1)
-            live = torch.isfinite(best)
+    if not flat.numel():
+        return {
+            "boxes": boxes64.new_zeros((b, p, 4)),
+            "scores": torch.zeros((b, p), dtype=torch.float64, device=dev),
+            "labels": torch.full((b, p), -1, dtype=labels.dtype, device=dev),
+        }
+    img = torch.div(flat, n, rounding_mode="floor")
+    lab = labels.reshape(-1)[flat].long()
+    key = img * (lab.max() + 1) + lab
+    key, order = key.sort(stable=True)
+    flat = flat[order]
+    _, counts = torch.unique_consecutive(key, return_counts=True)
+    g = counts.numel()
+    length = int(counts.max())
+    start = torch.cumsum(counts, 0) - counts
+    gid = torch.repeat_interleave(torch.arange(g, device=dev), counts)
+    gimg = img[order][start]  # (G,) image of each group
+    col = torch.arange(flat.numel(), device=dev) - start[gid]
+    s = torch.zeros((g, length), dtype=torch.float64, device=dev)
+    bx = torch.zeros((g, length, 4), dtype=torch.float64, device=dev)
+    active = torch.zeros((g, length), dtype=torch.bool, device=dev)
+    src = torch.full((g, length), b * n, dtype=torch.long, device=dev)
+    s[gid, col] = scores.reshape(-1)[flat].double()
+    bx[gid, col] = boxes64.reshape(-1, 4)[flat]
+    active[gid, col] = True
+    src[gid, col] = flat
+    x1, y1, x2, y2 = bx.unbind(-1)
+    area = (x2 - x1 + offset) * (y2 - y1 + offset)
+    rows = torch.arange(g, device=dev)
+    places = torch.arange(length, device=dev).expand(g, length)
+    # pos[g, e]: place of box e in group g's working array; at[g, q]: the box at place q
+    # (column ``length`` of both is scratch for masked scatters)
+    pos = torch.cat((places, places[:, :1]), 1).clone()
+    at = pos.clone()
+    scratch = torch.full((g, length), length, dtype=torch.long, device=dev)
+    neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=dev)
+    kept_s = torch.full((g, length), float("-inf"), dtype=torch.float64, device=dev)
+    kept_src = torch.full((g, length), b * n, dtype=torch.long, device=dev)
+    by_img = torch.full((b * n + 1,), float("-inf"), dtype=torch.float64, device=dev)
+    rounds = 0
+    for t in range(length):
+        cur = torch.where(active, s, neg_inf)
+        best = cur.amax(1)
+        live = best > neg_inf
+        if t % check_every == check_every - 1 or t == 0:
             if not bool(live.any()):
                 break
-            kept[rows[live], sel[live]] = best[live]
-            active[rows, sel] = False
-            tb = bx[rows, sel][:, None, :]  # (G, 1, 4)
-            iw = (
-                torch.minimum(tb[..., 2], bx[..., 2])
-                - torch.maximum(tb[..., 0], bx[..., 0])
-                + offset
-            )
-            ih = (
-                torch.minimum(tb[..., 3], bx[..., 3])
-                - torch.maximum(tb[..., 1], bx[..., 1])
-                + offset
-            )
-            hit = (iw > 0) & (ih > 0) & active & live[:, None]
-            ua = area[rows, sel][:, None] + area - iw * ih
-            ov = iw * ih / ua
-            if method == 2:
-                weight = torch.exp(-(ov * ov) / sigma)
-            elif method == 1:
-                weight = torch.where(ov > nt, 1 - ov, torch.ones_like(ov))
-            else:
-                weight = torch.where(ov > nt, torch.zeros_like(ov), torch.ones_like(ov))
-            s = torch.where(hit, s * weight, s)
-            active &= ~(hit & (s < floor))
-        done = kept > -1
-        out_scores.reshape(-1)[src[done]] = kept[done]
-    top, idx = out_scores.topk(p, dim=1)
-    has = top > -1
+        # the first maximum in working-array order
+        sel = torch.where(cur == best[:, None], pos[:, :length], scratch).argmin(1)
+        sel = torch.where(live, sel, 0)
+        rounds = t + 1
+        kept_s[:, t] = torch.where(live, best, neg_inf)
+        kept_src[:, t] = torch.where(live, src[rows, sel], b * n)
+        by_img[kept_src[:, t]] = kept_s[:, t]
+        # swap the pick with the head (place t)
+        head = at[:, t].clone()
+        q = pos[rows, sel]
+        at[rows, q] = head
+        pos[rows, head] = q
+        at[:, t] = sel
+        pos[rows, sel] = t
+        active[rows, sel] = False
+        tb = bx[rows, sel][:, None, :]  # (G, 1, 4)
+        iw = torch.minimum(tb[..., 2], x2) - torch.maximum(tb[..., 0], x1) + offset
+        ih = torch.minimum(tb[..., 3], y2) - torch.maximum(tb[..., 1], y1) + offset
+        hit = (iw > 0) & (ih > 0) & active
+        inter = iw * ih
+        ov = inter / (area[rows, sel][:, None] + area - inter)
+        if method == 2:
+            weight = torch.exp(-(ov * ov) / sigma)
+        elif method == 1:
+            weight = torch.where(ov > nt, 1 - ov, torch.ones_like(ov))
+        else:
+            weight = torch.where(ov > nt, torch.zeros_like(ov), torch.ones_like(ov))
+        s = torch.where(hit, s * weight, s)
+        drop = hit & (s < floor)
+        if bool(drop.any()):
+            active &= ~drop
+            _compact(pos, at, active, drop, t, length, scratch)
+        if t % check_every == check_every - 1 and p > 0:
+            # images whose p-th kept score beats everything they have left are done
+            thr = by_img[:-1].reshape(b, n).topk(p, dim=1).values[:, -1]
+            left = torch.full((b,), float("-inf"), dtype=torch.float64, device=dev)
+            rem = torch.where(active, s, neg_inf).amax(1)
+            left = left.scatter_reduce(0, gimg, rem, reduce="amax")
+            active &= ~(left < thr)[gimg][:, None]
+    kept_s, kept_src = kept_s[:, :rounds], kept_src[:, :rounds]
+    # the reference's order: groups in (image, class) order, each in pick order, then a stable
+    # sort by descending score within the image
+    ok = (kept_s > neg_inf).reshape(-1)
+    ent = ok.nonzero()[:, 0]
+    e_img = gimg[torch.div(ent, max(rounds, 1), rounding_mode="floor")]
+    e_s, e_src = kept_s.reshape(-1)[ent], kept_src.reshape(-1)[ent]
+    per = torch.bincount(e_img, minlength=b)
+    width = max(int(per.max()) if ent.numel() else 0, p)
+    slot = torch.arange(ent.numel(), device=dev) - (torch.cumsum(per, 0) - per)[e_img]
+    tab = torch.full((b, width), float("-inf"), dtype=torch.float64, device=dev)
+    tsrc = torch.zeros((b, width), dtype=torch.long, device=dev)
+    tab[e_img, slot] = e_s
+    tsrc[e_img, slot] = e_src - e_img * n
+    top, idx = torch.sort(tab, dim=1, descending=True, stable=True)
+    top, idx = top[:, :p], tsrc.gather(1, idx[:, :p])
+    has = top > neg_inf
     return {
-        "boxes": boxes.double().gather(1, idx[..., None].expand(b, p, 4)) * has[..., None],
+        "boxes": boxes64.gather(1, idx[..., None].expand(b, p, 4)) * has[..., None],
         "scores": torch.where(has, top, torch.zeros_like(top)),
         "labels": torch.where(has, labels.gather(1, idx), torch.full_like(idx, -1)),
     }
+
+
+def _compact(
+    pos: Tensor, at: Tensor, active: Tensor, drop: Tensor, t: int, length: int, scratch: Tensor
+) -> None:
+    """The reference's removal of dropped boxes in one round, in place on ``pos`` / ``at``.
+
+    Its scan replaces a dropped box by the array's last box (itself scanned next), so with
+    ``m`` boxes left after the head ``t``, the dropped places below ``t + 1 + m`` are filled, in
+    ascending order, by the remaining boxes above it taken from the end."""
+    places = scratch.new_tensor(range(length)).expand_as(scratch)
+    bound = t + 1 + active.sum(1, keepdim=True)
+    e = at[:, :length]
+    holes = drop.gather(1, e) & (places < bound)
+    end = bound + drop.sum(1, keepdim=True)  # the array's length before this round's drops
+    movers = active.gather(1, e) & (places >= bound) & (places < end)  # (stale entries past it)
+    if not bool(movers.any()):
+        return
+    hole_rank = torch.where(holes, holes.cumsum(1) - 1, scratch)
+    mover_rank = torch.where(movers, movers.flip(1).cumsum(1).flip(1) - 1, scratch)
+    hole_at = torch.cat((places, places[:, :1]), 1).clone().scatter_(1, hole_rank, places)
+    target = hole_at.gather(1, mover_rank)  # the place each mover goes to
+    pos.scatter_(1, torch.where(movers, e, scratch), target)
+    at.copy_(at.scatter(1, torch.where(movers, target, scratch), e))
