@@ -107,6 +107,20 @@ class Task(nn.Module):
     def datasets(self) -> dict[str, Any]:
         return self.data
 
+    def check_num_classes(self, num_classes: int, error: type[Exception] = ValueError) -> None:
+        """Every data split that states its classes (``num_classes``, else ``class_names``)
+        has the network's ``num_classes``; else one line (``error``) naming the fix."""
+        for split, dataset in self.data.items():
+            found = getattr(dataset, "num_classes", None)
+            if found is None:
+                names = getattr(dataset, "class_names", None)
+                found = len(names) if names else None
+            if found is not None and int(found) != int(num_classes):
+                raise error(
+                    f"the {split} dataset has {int(found)} classes but model.net.num_classes="
+                    f"{int(num_classes)}; set model.net.num_classes={int(found)}"
+                )
+
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)
 

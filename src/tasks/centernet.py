@@ -89,13 +89,7 @@ class CenterNetTask(Task):
         self.vis_threshold = float(vis_threshold)
         self.num_visualize = int(num_visualize)
         self.export_size = (int(export_size[0]), int(export_size[1]))
-        for split, ds in self.data.items():
-            n = getattr(ds, "num_classes", None)
-            if n is not None and n != unwrap(net).num_classes:
-                raise CenterNetConfigError(
-                    f"dataset {split} split has {n} classes but model.net.num_classes="
-                    f"{unwrap(net).num_classes}; set model.net.num_classes={n}"
-                )
+        self.check_num_classes(unwrap(net).num_classes, CenterNetConfigError)
 
     def _dataset(self):
         return self.data.get("val") or self.data.get("train")

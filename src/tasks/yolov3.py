@@ -125,13 +125,7 @@ class YOLOv3Task(Task):
         train = self.data.get("train")
         self.normalize = normalize or getattr(val or train, "normalize", "unit")
         self.class_names = list(getattr(val or train, "class_names", []) or [])
-        n_data = len(self.class_names)
-        n_net = unwrap(net).num_classes
-        if n_data and n_data != n_net:
-            raise YOLOv3ConfigError(
-                f"model.net.num_classes={n_net} but the dataset has {n_data} classes; set "
-                f"model.net.num_classes={n_data}"
-            )
+        self.check_num_classes(unwrap(net).num_classes, YOLOv3ConfigError)
         self._optimizer = None
 
     # ---- data -----------------------------------------------------------------------
