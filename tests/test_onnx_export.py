@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.utils.onnx_export import export_images_onnx
+from src.utils.onnx_export import export_onnx_graph
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -34,7 +34,9 @@ def test_flags_restored_and_outputs_equal_torch(tmp_path, inner_training):
     net.train(inner_training)
     before = [m.training for m in graph.modules()]
     axes = {"images": {0: "batch", 2: "h", 3: "w"}, "mean": {0: "batch"}, "peak": {0: "batch"}}
-    path = export_images_onnx(graph, tmp_path / "sub" / "g.onnx", (8, 8), ["mean", "peak"], axes)
+    path = export_onnx_graph(
+        graph, tmp_path / "sub" / "g.onnx", (1, 3, 8, 8), ["mean", "peak"], axes
+    )
     assert [m.training for m in graph.modules()] == before
     x = torch.randn(3, 3, 12, 10)  # another batch and size than traced
     graph.eval()
@@ -56,5 +58,5 @@ def test_flags_restored_when_the_export_fails(tmp_path):
 
     bad = Bad().train()
     with pytest.raises(RuntimeError, match="boom"):
-        export_images_onnx(bad, tmp_path / "b.onnx", (4, 4), ["y"], {})
+        export_onnx_graph(bad, tmp_path / "b.onnx", (1, 3, 4, 4), ["y"], {})
     assert bad.training and bad.conv.training

@@ -1,8 +1,9 @@
-"""The one ONNX export every model uses: an ``images`` (B, C, H, W) input traced at one size, in
-eval mode and without gradients, through the TorchScript-based exporter by default
-(``dynamo=False``: it needs only ``onnx``; the torch.export-based one also needs ``onnxscript``).
-Each module's own training flag is restored afterwards, also when the export fails (a wrapper's
-``train(was)`` alone would switch an evaluating network back to training)."""
+"""The one ONNX export every model uses: one input (``images`` (B, C, H, W), or a generator's
+``z``) traced at one shape, in eval mode and without gradients, through the TorchScript-based
+exporter by default (``dynamo=False``: it needs only ``onnx``; the torch.export-based one also
+needs ``onnxscript``). Each module's own training flag is restored afterwards, also when the
+export fails (a wrapper's ``train(was)`` alone would switch an evaluating network back to
+training)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,25 @@ import torch
 from torch import nn
 
 
-def export_images_onnx(
+def export_onnx_graph(
     graph: nn.Module,
     path: str | os.PathLike,
-    sample_size: tuple[int, int],
+    sample_shape: Sequence[int],
     output_names: Sequence[str],
     dynamic_axes: Mapping[str, Mapping[int, str]],
-    input_channels: int = 3,
-    batch_size: int = 1,
+    input_name: str = "images",
     opset_version: int = 17,
     dynamo: bool = False,
 ) -> Path:
-    """Export ``graph`` (its input is named ``images``) to ``path``; returns the path.
+    """Export ``graph`` to ``path``; returns the path.
 
-    ``dynamic_axes`` names the dynamic axes of ``images`` and of each output; the tracing
-    input is zeros of ``(batch_size, input_channels, *sample_size)`` in the dtype and on the
-    device of the graph's first parameter."""
+    ``dynamic_axes`` names the dynamic axes of the input and of each output; the tracing input
+    is zeros of ``sample_shape`` in the dtype and on the device of the graph's first
+    parameter."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     param = next(graph.parameters())
-    sample = torch.zeros(
-        batch_size, input_channels, *(int(s) for s in sample_size),
-        device=param.device, dtype=param.dtype,
-    )  # fmt: skip
+    sample = torch.zeros(*(int(s) for s in sample_shape), device=param.device, dtype=param.dtype)
     flags = [(m, m.training) for m in graph.modules()]
     graph.eval()
     try:
@@ -48,7 +45,7 @@ def export_images_onnx(
                 graph,
                 (sample,),
                 str(path),
-                input_names=["images"],
+                input_names=[input_name],
                 output_names=list(output_names),
                 dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
                 opset_version=opset_version,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from src.models.centernet.decode import DecodeConfig, decode
-from src.utils.onnx_export import export_images_onnx
+from src.utils.onnx_export import export_onnx_graph
 
 OUTPUTS = ("boxes", "scores", "classes", "centers", "ct_scores", "ct_classes")
 
@@ -51,6 +51,5 @@ def export_onnx(
 ) -> Path:
     cfg = DecodeConfig() if cfg is None else cfg
     axes = {"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUTS}}
-    return export_images_onnx(
-        DecodeGraph(net, cfg), path, sample_size, OUTPUTS, axes, opset_version=opset_version
-    )
+    graph, shape = DecodeGraph(net, cfg), (1, 3, *sample_size)
+    return export_onnx_graph(graph, path, shape, OUTPUTS, axes, opset_version=opset_version)

@@ -32,7 +32,6 @@ weights N(1, 0.02) and biases 0 (LayerNorm: scale 1, offset 0, as Gulrajani's).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from torch import nn
 
 from src.models.gan.layers import init_weights
 from src.utils.errors import UserError
+from src.utils.onnx_export import export_onnx_graph
 
 GENERATOR_NORMS = ("batch", "none")
 CRITIC_NORMS = ("batch", "layer", "none")
@@ -186,26 +186,6 @@ def export_dcgan_generator_onnx(
 ) -> Path:
     """ONNX of the generator in eval mode: input ``z`` (B, nz), output ``images`` (B, nc, S, S)
     in [-1, 1]; the batch is dynamic. TorchScript-based exporter (needs only ``onnx``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(generator.parameters())
-    sample = torch.zeros(1, generator.nz, device=param.device, dtype=param.dtype)
-    was_training = generator.training
-    generator.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                generator,
-                (sample,),
-                str(path),
-                input_names=["z"],
-                output_names=["images"],
-                dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
-                opset_version=opset_version,
-                dynamo=False,
-            )
-    finally:
-        generator.train(was_training)
-    return path
+    axes = {"z": {0: "batch"}, "images": {0: "batch"}}
+    shape = (1, generator.nz)
+    return export_onnx_graph(generator, path, shape, ["images"], axes, "z", opset_version)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from src.utils.onnx_export import export_images_onnx
+from src.utils.onnx_export import export_onnx_graph
 
 
 def export_generator_onnx(
@@ -23,6 +23,7 @@ def export_generator_onnx(
 ) -> Path:
     axes = {"batch": 0, "height": 2, "width": 3}
     dynamic = {name: {i: a for a, i in axes.items()} for name in ("images", "translated")}
-    return export_images_onnx(
-        generator, path, sample_size, ["translated"], dynamic, input_nc, 1, opset_version
+    shape = (1, input_nc, *sample_size)
+    return export_onnx_graph(
+        generator, path, shape, ["translated"], dynamic, "images", opset_version
     )

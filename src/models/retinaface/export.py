@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from src.utils.onnx_export import export_images_onnx
+from src.utils.onnx_export import export_onnx_graph
 
 
 class _WithSoftmax(nn.Module):
@@ -50,7 +50,6 @@ def export_onnx(
         "landm": {0: "batch", 1: "priors"},
     }
     graph = _WithSoftmax(model) if softmax else model
-    return export_images_onnx(
-        graph, path, sample_size, ["loc", "conf", "landm"], axes, 3, batch_size, opset_version,
-        dynamo,
-    )  # fmt: skip
+    shape = (batch_size, 3, *sample_size)
+    outputs = ["loc", "conf", "landm"]
+    return export_onnx_graph(graph, path, shape, outputs, axes, "images", opset_version, dynamo)

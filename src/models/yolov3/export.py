@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.utils.onnx_export import export_images_onnx
+from src.utils.onnx_export import export_onnx_graph
 
 from .detect import scores_of, xywh_to_corners
 from .model import decode
@@ -31,4 +31,4 @@ class DecodedYOLOv3(nn.Module):
 
 def export_onnx(net: nn.Module, path: Path, size: tuple[int, int] = (416, 416)) -> Path:
     axes = {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
-    return export_images_onnx(DecodedYOLOv3(net), path, size, ["boxes", "scores"], axes)
+    return export_onnx_graph(DecodedYOLOv3(net), path, (1, 3, *size), ["boxes", "scores"], axes)
