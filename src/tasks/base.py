@@ -80,6 +80,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from src.data.base import DataError
+from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,17 @@ log = logging.getLogger(__name__)
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def build_twice(factory: Any, key: str, who: str) -> nn.Module:
+    """A fresh network from ``model.<key>`` for a Task that builds several from it (CycleGAN's
+    and DPE's two generators and two critics): the config must be a factory, not a module."""
+    if isinstance(factory, nn.Module) or not callable(factory):
+        raise UserError(
+            f"model.{key}: {who} builds two networks from it, so it must be a factory "
+            f"(add `_partial_: true` under model.{key})"
+        )
+    return factory()
 
 
 class Task(nn.Module):

@@ -50,17 +50,8 @@ from src.data.cub import open_rgb
 from src.data.image_translation import DIRECTIONS, to_uint8
 from src.metrics.image_quality import FrechetDistance, ImageQuality, feature_network
 from src.models.gan import ImagePool, check_input_size, export_generator_onnx
-from src.tasks.base import Task, unwrap
+from src.tasks.base import Task, build_twice, unwrap
 from src.utils.errors import UserError
-
-
-def _build(factory: Callable[[], nn.Module], key: str) -> nn.Module:
-    if isinstance(factory, nn.Module) or not callable(factory):
-        raise UserError(
-            f"model.{key}: CycleGAN builds two networks from it, so it must be a factory "
-            f"(add `_partial_: true` under model.{key})"
-        )
-    return factory()
 
 
 class CycleGANTask(Task):
@@ -87,10 +78,10 @@ class CycleGANTask(Task):
         if direction not in DIRECTIONS:
             raise UserError(f"model.direction={direction!r}: use AtoB or BtoA")
         # the reference's construction order: G_A, G_B, D_A, D_B
-        self.generator_a = _build(generator, "generator")
-        self.generator_b = _build(generator, "generator")
-        self.discriminator_a = _build(discriminator, "discriminator")
-        self.discriminator_b = _build(discriminator, "discriminator")
+        self.generator_a = build_twice(generator, "generator", "CycleGAN")
+        self.generator_b = build_twice(generator, "generator", "CycleGAN")
+        self.discriminator_a = build_twice(discriminator, "discriminator", "CycleGAN")
+        self.discriminator_b = build_twice(discriminator, "discriminator", "CycleGAN")
         self.fake_b_pool, self.fake_a_pool = ImagePool(pool_size), ImagePool(pool_size)
         self.direction, self.num_visualize = direction, int(num_visualize)
         self.image_size = None

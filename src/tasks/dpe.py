@@ -62,17 +62,8 @@ from src.data.cub import open_rgb
 from src.data.image_translation import DIRECTIONS, to_tensor, to_uint8
 from src.metrics.image_quality import ImageQuality, feature_network
 from src.models.gan import check_input_size, export_generator_onnx
-from src.tasks.base import Task, unwrap
+from src.tasks.base import Task, build_twice, unwrap
 from src.utils.errors import UserError
-
-
-def _build(factory: Callable[[], nn.Module], key: str) -> nn.Module:
-    if isinstance(factory, nn.Module) or not callable(factory):
-        raise UserError(
-            f"model.{key}: DPE builds two networks from it, so it must be a factory "
-            f"(add `_partial_: true` under model.{key})"
-        )
-    return factory()
 
 
 def critic_map_size(size: int, halvings: int = 5) -> int:
@@ -113,10 +104,10 @@ class DPETask(Task):
                 f"model.critic_steps={critic_steps} must be >= 1, critic_init_steps="
                 f"{critic_init_steps} >= 0, critic_steps_grow={critic_steps_grow} >= 1"
             )
-        self.generator_x = _build(generator, "generator")
-        self.generator_y = _build(generator, "generator")
-        self.critic_y = _build(critic, "critic")
-        self.critic_x = _build(critic, "critic")
+        self.generator_x = build_twice(generator, "generator", "DPE")
+        self.generator_y = build_twice(generator, "generator", "DPE")
+        self.critic_y = build_twice(critic, "critic", "DPE")
+        self.critic_x = build_twice(critic, "critic", "DPE")
         self.critic_steps_grow = float(critic_steps_grow)
         self.register_buffer("critic_count", torch.tensor(-int(critic_init_steps)))
         self.register_buffer("critic_every", torch.tensor(int(critic_steps)))
