@@ -38,6 +38,25 @@ def run_cli(
     )
 
 
+def compose_config(*overrides: str, check: bool = False):
+    """The config ``run.py <overrides>`` would compose, in process (paths under /tmp); with
+    ``check`` also the compatibility check run.py does before building anything."""
+    from hydra import compose, initialize_config_dir
+
+    from src.app import CONF_DIR, check_compatibility
+    from src.config import register_configs
+    from src.utils.resolvers import register_resolvers
+
+    register_resolvers()
+    register_configs()
+    paths = ["paths.output_dir=/tmp/r", "paths.work_dir=/tmp"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*paths, *overrides])
+    if check:
+        check_compatibility(cfg)
+    return cfg
+
+
 TOY = [
     "hydra.searchpath=[file://" + str(REPO / "tests/toy/conf") + "]",
     "model=toy",

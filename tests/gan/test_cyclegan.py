@@ -27,7 +27,7 @@ from src.metrics.image_quality import FrechetDistance, RandomFeatures
 from src.models.gan import GeneratorSizeError, build_discriminator, build_generator
 from src.tasks.cyclegan import CycleGANTask
 from src.utils.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -466,24 +466,7 @@ def test_the_default_run_learns_the_synthetic_translation(tmp_path):
 
 
 def test_paper_recipe_composes():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "experiment=cyclegan_horse2zebra",
-                "paths.output_dir=/tmp/r",
-                "paths.work_dir=/tmp",
-            ],
-        )
-    check_compatibility(cfg)
+    cfg = compose_config("experiment=cyclegan_horse2zebra", check=True)
     g, d = cfg.model.generator, cfg.model.discriminator
     assert (g.name, g.ngf, g.norm, g.dropout) == ("resnet_9blocks", 64, "instance", False)
     assert (d.name, d.ndf, d.norm, d.input_nc) == ("basic", 64, "instance", 3)

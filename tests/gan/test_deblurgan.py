@@ -38,7 +38,7 @@ from src.models.gan import count_parameters
 from src.models.gan.deblurgan import build_deblurgan_generator, build_patch_critic
 from src.models.gan.fpn import build_fpn_generator
 from src.tasks.deblurgan import DeblurGANTask, DeblurGANv2Task
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 # ---- independent ports of the reference networks (KupynOrest/DeblurGAN models/networks.py) ---
@@ -645,33 +645,9 @@ def test_resume_after_sigterm_is_exact_and_modes_work_on_the_checkpoint(tmp_path
 
 
 def test_paper_recipes_compose():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        v1 = compose(
-            "config",
-            overrides=[
-                "experiment=deblurgan_gopro",
-                "paths.output_dir=/tmp/r",
-                "paths.work_dir=/tmp",
-            ],
-        )
-        v2 = compose(
-            "config",
-            overrides=[
-                "experiment=deblurgan_v2_gopro",
-                "paths.output_dir=/tmp/r",
-                "paths.work_dir=/tmp",
-            ],
-        )
+    v1 = compose_config("experiment=deblurgan_gopro", check=True)
+    v2 = compose_config("experiment=deblurgan_v2_gopro", check=True)
     for cfg in (v1, v2):
-        check_compatibility(cfg)
         assert (
             cfg.dataset._target_ == "src.data.gopro.build_gopro" and cfg.dataset.image_size == 256
         )

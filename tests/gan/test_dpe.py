@@ -32,7 +32,7 @@ from src.losses.gan import gradient_penalty
 from src.models.gan.dpe import DomainBatchNorm, DPECritic, DPEGenerator, SymmetricPad2d
 from src.tasks.dpe import DPETask
 from src.utils.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -641,17 +641,7 @@ def test_the_default_run_gains_psnr_over_the_input(tmp_path):
 
 
 def test_authors_recipe_composes():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=dpe_fivek"])
-    check_compatibility(cfg)
+    cfg = compose_config("experiment=dpe_fivek", check=True)
     assert cfg.model.critic_steps == 50 and cfg.model.generator.global_kernel == 8
     assert cfg.model.critic.head_kernel == 16 and cfg.dataset.image_size == 512
     assert cfg.loss.identity_weight == 1e3 and cfg.loss.cycle_weight == 1e4

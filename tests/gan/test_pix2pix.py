@@ -22,7 +22,7 @@ from src.engine.seed import sample_rng
 from src.losses.gan import Pix2PixLoss
 from src.models.gan import GeneratorSizeError, build_discriminator, build_generator
 from src.tasks.pix2pix import Pix2PixTask
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -297,24 +297,7 @@ def test_the_default_run_learns_the_synthetic_translation(tmp_path):
 
 
 def test_paper_recipe_composes():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "experiment=pix2pix_facades",
-                "paths.output_dir=/tmp/r",
-                "paths.work_dir=/tmp",
-            ],
-        )
-    check_compatibility(cfg)
+    cfg = compose_config("experiment=pix2pix_facades", check=True)
     assert cfg.model.generator.name == "unet_256" and cfg.model.discriminator.name == "basic"
     assert cfg.model.generator.norm == cfg.model.discriminator.norm == "batch"
     assert cfg.loss.gan_mode == "vanilla" and cfg.loss.lambda_l1 == 100

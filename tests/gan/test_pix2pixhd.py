@@ -33,7 +33,7 @@ from src.models.gan.generators import GeneratorSizeError
 from src.models.gan.pix2pixhd import GlobalGenerator, build_hd_generator
 from src.tasks.pix2pixhd import Pix2PixHDTask
 from src.utils.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 from tests.gan.reference_pix2pixhd import (
     RefGlobalGenerator,
     RefLocalEnhancer,
@@ -488,24 +488,7 @@ def test_cityscapes_palette_has_the_35_label_colours():
 
 # ---- configs and runs -----------------------------------------------------------------------
 def test_reference_recipe_composes_and_its_decay_is_the_reference_rule():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "experiment=pix2pixhd_cityscapes",
-                "paths.output_dir=/tmp/r",
-                "paths.work_dir=/tmp",
-            ],
-        )
-    check_compatibility(cfg)
+    cfg = compose_config("experiment=pix2pixhd_cityscapes", check=True)
     g, d = cfg.model.generator, cfg.model.discriminator
     assert (g.name, g.ngf, g.n_downsample_global, g.n_blocks_global, g.norm) == (
         "global",

@@ -29,7 +29,7 @@ from src.losses.wgan import WGANGPLoss, WGANLoss
 from src.models.gan.dcgan import DCGANCritic, DCGANGenerator, DCGANSizeError
 from src.tasks.wgan import WGANGPTask, WGANTask, critic_iterations
 from src.utils.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 # ---- an independent port of martinarjovsky/WassersteinGAN models/dcgan.py (its layer lists and
@@ -608,27 +608,9 @@ def test_bn_critic_with_wgan_gp_through_run_py_is_one_line(tmp_path):
 
 
 def test_recipes_compose():
-    from hydra import compose, initialize_config_dir
-
-    from src.app import CONF_DIR, check_compatibility
-    from src.config import register_configs
-    from src.utils.resolvers import register_resolvers
-
-    register_resolvers()
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        lsun = compose(
-            "config", ["experiment=wgan_lsun", "paths.output_dir=/tmp/r", "paths.work_dir=/tmp"]
-        )
-        celeba = compose(
-            "config",
-            ["experiment=wgan_gp_celeba", "paths.output_dir=/tmp/r", "paths.work_dir=/tmp"],
-        )
-        demo = compose(
-            "config", ["model=wgan_gp", "paths.output_dir=/tmp/r", "paths.work_dir=/tmp"]
-        )
-    for cfg in (lsun, celeba, demo):
-        check_compatibility(cfg)
+    lsun = compose_config("experiment=wgan_lsun", check=True)
+    celeba = compose_config("experiment=wgan_gp_celeba", check=True)
+    demo = compose_config("model=wgan_gp", check=True)
     assert lsun.optimizer._target_ == "torch.optim.RMSprop" and lsun.optimizer.lr == 5e-5
     assert lsun.model.clip_value == 0.01 and lsun.model.n_critic == 5
     assert (lsun.model.warmup_critic_iters, lsun.model.warmup_generator_steps) == (100, 25)
