@@ -8,8 +8,12 @@
     root/bounding_boxes.txt       <image id> <x> <y> <width> <height>
 
 Ids are 1-based; labels returned are 0-based. Samples are
-``{"image": float32 CHW, "label": int64, "index": int}``. Every user-fixable problem raises
-``src.data.base.DataError`` with one line naming the file.
+``{"image": float32 CHW, "label": int64, "index": int}``; with ``uint8_images``
+(``dataset.uint8_images``, the default of ``build_cub``) ``image`` is the uint8 RGB crop and
+augmented training samples add ``"jitter"`` (2,) float32 (brightness, saturation factors, NaN
+= not applied): the Task finishes them on the device (``src.data.transforms.normalize_batch``,
+a quarter of the bytes through the loader and the host-to-device copy). Every user-fixable
+problem raises ``src.data.base.DataError`` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -186,8 +190,10 @@ class CUBDataset(SampleDataset):
         image_size: int | Sequence[int] = 448,
         augment: bool | None = None,
         index: CUBIndex | None = None,
+        uint8_images: bool = False,
     ):
         self.meta = index if index is not None else read_cub(root)
+        self.uint8_images = bool(uint8_images)
         self.split = split
         self.rows = self.meta.split(split)
         self.augment = (split == "train") if augment is None else bool(augment)
@@ -208,30 +214,44 @@ class CUBDataset(SampleDataset):
         return self.meta.root / "images" / self.meta.paths[self.rows[index]]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """The evaluation transform, for ``predict`` on arbitrary images."""
-        return self.transform(image, None)
+        """The evaluation transform, for ``predict`` on arbitrary images (uint8 CHW with
+        ``uint8_images``: ``normalize_batch`` finishes it)."""
+        return (
+            self.transform.uint8(image, None)[0]
+            if self.uint8_images
+            else self.transform(image, None)
+        )
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         row = self.rows[index]
         image = open_rgb(self.image_path(index))
-        image = self.transform(image, rng if self.augment else None)
-        return {"image": image, "label": torch.tensor(self.meta.labels[row]), "index": int(index)}
+        rng = rng if self.augment else None
+        sample = {"label": torch.tensor(self.meta.labels[row]), "index": int(index)}
+        if not self.uint8_images:
+            return {"image": self.transform(image, rng), **sample}
+        image, jitter = self.transform.uint8(image, rng)
+        if jitter is None:
+            return {"image": image, **sample}
+        return {"image": image, **sample, "jitter": jitter}
 
 
 def build_cub(
     root: str | Path,
     image_size: int | Sequence[int] = 448,
     num_classes: int | None = None,
+    uint8_images: bool = True,
 ) -> dict[str, CUBDataset]:
-    """``{"train": ..., "val": ...}`` (val = the official test split)."""
+    """``{"train": ..., "val": ...}`` (val = the official test split). ``uint8_images``
+    (``dataset.uint8_images``, default true): uint8 samples finished on the device by the Task
+    (``false``: float32 normalised samples, the host path)."""
     index = read_cub(root)
     if num_classes is not None and int(num_classes) != len(index.class_names):
         raise DataError(
             f"CUB-200-2011: dataset.num_classes={num_classes} but {index.root / 'classes.txt'} "
             f"lists {len(index.class_names)} classes; fix dataset.num_classes"
         )
-    train = CUBDataset(root, "train", image_size, index=index)
-    val = CUBDataset(root, "val", image_size, index=index)
+    train = CUBDataset(root, "train", image_size, index=index, uint8_images=uint8_images)
+    val = CUBDataset(root, "val", image_size, index=index, uint8_images=uint8_images)
     for name, ds in (("train", train), ("test", val)):
         if len(ds) == 0:
             raise DataError(

@@ -17,6 +17,10 @@ The pipeline of biubug6/Pytorch_Retinaface (``data/data_augment.py``, seed 004),
    left/right eye (0 <-> 1) and left/right mouth corner (3 <-> 4).
 5. ``resize_subtract_mean``: to ``img_dim`` x ``img_dim`` with an interpolation drawn from
    (linear, cubic, area, nearest, lanczos4), float32, minus the BGR mean (104, 117, 123), CHW.
+   With ``uint8=True`` (``apply_train_plan`` / ``train_transform`` / ``eval_transform``) the
+   last step stops at uint8 CHW (``to_chw``) and the float32 minus-mean conversion is done on
+   the device (``src.data.widerface.subtract_mean``): uint8 -> float32 and an integer-valued
+   float32 subtraction are exact, so the result is bit-identical to the float path.
 6. boxes and landmarks divided by the (square) image size before the resize.
 
 Landmarks go through our own arithmetic (never albumentations keypoints, which the seed reports
@@ -253,6 +257,15 @@ def mirror(
     return image[:, ::-1], boxes, landmarks
 
 
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """uint8 HWC -> uint8 CHW (contiguous), one pass per channel: the pixels of
+    ``to_chw_minus_mean`` before the float conversion (a quarter of its bytes)."""
+    out = np.empty((image.shape[2], *image.shape[:2]), dtype=image.dtype)
+    for c, plane in enumerate(cv2.split(image)):
+        out[c] = plane
+    return out
+
+
 def to_chw_minus_mean(image: np.ndarray, mean=BGR_MEAN) -> np.ndarray:
     """uint8 HWC -> float32 CHW minus the mean, in one pass per channel (no float HWC copy)."""
     out = np.empty((image.shape[2], *image.shape[:2]), dtype=np.float32)
@@ -347,12 +360,18 @@ def draw_train_plan(
 
 
 def apply_train_plan(
-    image: np.ndarray, plan: TrainPlan, img_dim: int, mean=BGR_MEAN, reduction: int = 1
+    image: np.ndarray,
+    plan: TrainPlan,
+    img_dim: int,
+    mean=BGR_MEAN,
+    reduction: int = 1,
+    uint8: bool = False,
 ):
     """Pixels and targets of a drawn sample. Every step stays uint8 until the one float32 CHW
     output: the crop is a view, the distortion lookup tables make the one copy, the flip
     (``cv2.flip``) commutes with those per-pixel tables so it comes after them, then the resize
-    and the mean subtraction into CHW.
+    and the mean subtraction into CHW. ``uint8=True``: the output stays uint8 CHW (``to_chw``;
+    ``float32(out) - mean`` is the float output, bit for bit).
 
     ``reduction`` f > 1: ``image`` was decoded at 1/f of the file's size (``cv2.IMREAD_REDUCED_*``,
     only chosen when the crop is shrunk at least f times); the crop is taken at
@@ -377,7 +396,7 @@ def apply_train_plan(
         boxes_t, landm_t = mirror_targets(boxes_t, landm_t, plan.labels, width)
         image_t = cv2.flip(image_t, 1)
     out = cv2.resize(image_t, (img_dim, img_dim), interpolation=plan.interpolation)
-    out = to_chw_minus_mean(out, mean)
+    out = to_chw(out) if uint8 else to_chw_minus_mean(out, mean)
     boxes_t, landm_t = _normalise(boxes_t, landm_t, plan.labels, width, height)
     return out, boxes_t, landm_t, plan.labels
 
@@ -392,15 +411,16 @@ def train_transform(
     mean=BGR_MEAN,
     min_face_size: float = 0.0,
     landmark_policy: str = "drop",
+    uint8: bool = False,
 ):
     """BGR uint8 HWC image + pixel ``x1 y1 x2 y2`` boxes, ``(K, 10)`` landmarks, ``(K,)`` labels
-    -> float32 CHW image (``img_dim`` square), boxes and landmarks normalised to [0, 1], labels.
-    ``draw_train_plan`` then ``apply_train_plan``."""
+    -> float32 CHW image minus the mean (``uint8``: uint8 CHW) of ``img_dim`` square, boxes and
+    landmarks normalised to [0, 1], labels. ``draw_train_plan`` then ``apply_train_plan``."""
     height, width = image.shape[:2]
     plan = draw_train_plan(
         height, width, boxes, landmarks, labels, img_dim, rng, min_face_size, landmark_policy
     )
-    return apply_train_plan(image, plan, img_dim, mean)
+    return apply_train_plan(image, plan, img_dim, mean, uint8=uint8)
 
 
 def eval_transform(
@@ -410,12 +430,14 @@ def eval_transform(
     labels: np.ndarray,
     size: int | None = None,
     mean=BGR_MEAN,
+    uint8: bool = False,
 ):
     """No augmentation. ``size=None`` keeps the original size (the reference's ``origin_size``
     evaluation); an int resizes so the long side is ``size`` (bilinear) and pads bottom/right to a
     ``size`` square with the mean colour (0 after subtraction). Boxes and landmarks are normalised
     by the output canvas. Returns ``image, boxes, landmarks, labels, scale`` where
-    ``original_pixels = canvas_pixels / scale``.
+    ``original_pixels = canvas_pixels / scale``. ``uint8=True``: ``image`` is uint8 CHW (the
+    float32 minus-mean conversion left to the device, bit-identical).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 10)
@@ -434,7 +456,7 @@ def eval_transform(
         has = labels > 0
         landmarks = landmarks.copy()
         landmarks[has] = landmarks[has] * scale
-    out = to_chw_minus_mean(image, mean)
+    out = to_chw(image) if uint8 else to_chw_minus_mean(image, mean)
     h, w = image.shape[:2]
     boxes_n, landm_n = _normalise(boxes, landmarks, labels, w, h)
     return out, boxes_n, landm_n, labels, scale

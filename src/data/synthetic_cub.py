@@ -200,10 +200,13 @@ def build_synthetic_cub(
     train_per_class: int = 40,
     test_per_class: int = 20,
     source_size: int = 128,
+    uint8_images: bool = True,
 ):
     """Dataset factory for ``dataset=synthetic_cub``: generate if needed, read as CUB."""
     ensure_synthetic_cub(root, seed, num_classes, train_per_class, test_per_class, source_size)
-    return build_cub(root, image_size=image_size, num_classes=num_classes)
+    return build_cub(
+        root, image_size=image_size, num_classes=num_classes, uint8_images=uint8_images
+    )
 
 
 build_synthetic_cub.kind = "classification"  # the dataset kind Tasks declare in `accepts`

@@ -227,6 +227,7 @@ def synthetic_faces_splits(
     eval_size: int | None = None,
     landmark_policy: str = "drop",
     min_face_size: float = 0.0,
+    uint8_images: bool = True,
 ):
     """Ensure the synthetic dataset exists under ``root`` and return ``widerface_splits`` of it.
 
@@ -242,6 +243,7 @@ def synthetic_faces_splits(
         eval_size=eval_size,
         landmark_policy=landmark_policy,
         min_face_size=min_face_size,
+        uint8_images=uint8_images,
     )
 
 

@@ -206,10 +206,36 @@ def _is_zero(v: str) -> bool:
         return False
 
 
+def check_uint8_mean(mean: Sequence[float]) -> tuple[int, ...]:
+    """The mean as uint8 colour values; ValueError unless every value is an integer in
+    [0, 255] (uint8 batches are padded with it, and only then is ``padding - mean`` exactly 0)."""
+    values = tuple(float(m) for m in mean)
+    if not all(v.is_integer() and 0 <= v <= 255 for v in values):
+        raise ValueError(
+            f"uint8_images=true needs a mean of integers in [0, 255] (the padding colour of "
+            f"uint8 batches), got {values}; set dataset.uint8_images=false"
+        )
+    return tuple(int(v) for v in values)
+
+
+def subtract_mean(images: torch.Tensor, mean: Sequence[float] = BGR_MEAN) -> torch.Tensor:
+    """uint8 (..., 3, H, W) BGR -> float32 minus ``mean``, on the images' device: bit-identical
+    to the dataset's float path (``to_chw_minus_mean``: uint8 -> float32 is exact, the one
+    float32 subtraction is correctly rounded on every device). Float images (the float path)
+    are returned as they are."""
+    if images.dtype != torch.uint8:
+        return images
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return images.float() - m
+
+
 class WiderFaceDataset(SampleDataset):
     """Faces dataset over ``FaceRecord`` s; ``load(index, rng)`` returns a dict:
 
-    ``image`` float32 (3, H, W) BGR minus mean; ``boxes`` (K, 4) float32 normalised corners;
+    ``image`` float32 (3, H, W) BGR minus mean (``uint8_images``: uint8 (3, H, W) BGR, the
+    same pixels before the float32 minus-mean step, which ``subtract_mean`` does on the
+    device, bit-identical; a quarter of the bytes through loader workers, pinned memory and
+    the host-to-device copy); ``boxes`` (K, 4) float32 normalised corners;
     ``landmarks`` (K, 10) (-1 for faces without); ``labels`` (K,) int64 (1 / -1); ``path``;
     ``orig_size`` (h, w) of the file; ``scale`` (output pixels per original pixel; only eval
     resizes keep the aspect ratio, training samples are square ``image_size`` crops).
@@ -223,6 +249,8 @@ class WiderFaceDataset(SampleDataset):
     DCT-domain downscale, nearly the pixels of the full decode, see ``apply_train_plan``);
     ``False`` decodes every image in full (pixel-exact with the reference pipeline).
     ``cv2_threads`` (default 1) is set in each process that loads samples.
+    ``uint8_images`` needs an integer ``mean`` (``check_uint8_mean``); it is off here (the
+    sample contract of this class) and on in ``widerface_splits`` (``dataset.uint8_images``).
     """
 
     def __init__(
@@ -239,6 +267,7 @@ class WiderFaceDataset(SampleDataset):
         source: str = "",
         reduced_decode: bool = True,
         cv2_threads: int | None = 1,
+        uint8_images: bool = False,
     ):
         if on_missing not in ("error", "skip"):
             raise ValueError("on_missing must be 'error' or 'skip'")
@@ -246,6 +275,9 @@ class WiderFaceDataset(SampleDataset):
         self.image_size = int(image_size)
         self.eval_size = eval_size
         self.mean = tuple(float(m) for m in mean)
+        self.uint8_images = bool(uint8_images)
+        if self.uint8_images:
+            check_uint8_mean(self.mean)
         self.min_face_size = float(min_face_size)
         self.landmark_policy = landmark_policy
         self.gt_dir = Path(gt_dir) if gt_dir is not None else None
@@ -328,7 +360,7 @@ class WiderFaceDataset(SampleDataset):
             height, width = img.shape[:2]
             boxes, landmarks, labels = self._clip(rec, height, width)
             image, boxes, landmarks, labels, scale = eval_transform(
-                img, boxes, landmarks, labels, self.eval_size, self.mean
+                img, boxes, landmarks, labels, self.eval_size, self.mean, self.uint8_images
             )
         else:
             height, width = self.file_size(index)
@@ -344,7 +376,7 @@ class WiderFaceDataset(SampleDataset):
                 rng.bit_generator.state = state
                 plan, f = self._plan(rec, height, width, rng), 1
             image, boxes, landmarks, labels = apply_train_plan(
-                img, plan, self.image_size, self.mean, f
+                img, plan, self.image_size, self.mean, f, self.uint8_images
             )
             scale = float("nan")  # crops: no single mapping back to the file
         return {
@@ -386,8 +418,10 @@ class WiderFaceDataset(SampleDataset):
         return WiderFaceGT.from_records((r.event, r.name, r.xywh()) for r in self.records)
 
 
-def collate_faces(batch: Sequence[dict]) -> dict:
-    """Stack samples: ``image`` (B, 3, Hmax, Wmax) zero-padded bottom/right (0 = mean colour),
+def collate_faces(batch: Sequence[dict], mean: Sequence[float] = BGR_MEAN) -> dict:
+    """Stack samples: ``image`` (B, 3, Hmax, Wmax) padded bottom/right with the mean colour:
+    float samples (minus the mean) with 0, uint8 samples with ``mean`` (so ``subtract_mean``
+    makes that padding exactly 0 as well),
     ``boxes`` (B, Kmax, 4) and ``landmarks`` (B, Kmax, 10) padded with -1 rows, ``labels``
     (B, Kmax) padded with 0 (-1 already means "face without landmarks"), ``num_faces`` (B,),
     ``orig_size`` (B, 2), ``scale`` (B,), ``path`` list. Normalised coordinates are rescaled to
@@ -397,7 +431,16 @@ def collate_faces(batch: Sequence[dict]) -> dict:
     hmax = max(s["image"].shape[1] for s in batch)
     wmax = max(s["image"].shape[2] for s in batch)
     kmax = max(len(s["boxes"]) for s in batch)
-    images = batch[0]["image"].new_zeros((b, 3, hmax, wmax))
+    first = batch[0]["image"]
+    same = all(s["image"].shape == first.shape for s in batch)
+    if first.dtype == torch.uint8:
+        images = first.new_empty((b, 3, hmax, wmax))
+        if not same:
+            images[:] = torch.tensor(check_uint8_mean(mean), dtype=torch.uint8).view(3, 1, 1)
+    else:
+        images = (
+            first.new_empty((b, 3, hmax, wmax)) if same else first.new_zeros((b, 3, hmax, wmax))
+        )
     boxes = torch.full((b, kmax, 4), -1.0)
     landmarks = torch.full((b, kmax, 10), -1.0)
     labels = torch.zeros((b, kmax), dtype=torch.int64)
@@ -442,8 +485,12 @@ def widerface_splits(
     on_missing: str = "error",
     min_face_size: float = 0.0,
     landmark_policy: str = "drop",
+    uint8_images: bool = True,
 ) -> dict[str, WiderFaceDataset]:
     """``{"train": ..., "val": ...}`` from a WIDER FACE root (paths relative to ``root``).
+
+    ``uint8_images`` (``dataset.uint8_images``, default true): samples carry uint8 BGR images
+    and the Task subtracts the mean on the device (bit-identical to ``false``, the float path).
 
     Default layout (what ``synthetic_faces`` writes; the official zips map onto it by passing
     e.g. ``train_images="WIDER_train/images"``, ``val_images="WIDER_val/images"``)::
@@ -466,6 +513,7 @@ def widerface_splits(
         min_face_size=min_face_size,
         landmark_policy=landmark_policy,
         source=str(root / train_labels),
+        uint8_images=uint8_images,
     )
     val = WiderFaceDataset(
         parse_wider_val_gt(root / val_gt),
@@ -475,6 +523,7 @@ def widerface_splits(
         on_missing=on_missing,
         gt_dir=root / gt_dir,
         source=str(root / val_gt),
+        uint8_images=uint8_images,
     )
     return {"train": train, "val": val}
 

@@ -3,7 +3,13 @@
 Ties together the network (``src.models.retinaface``), its priors (computed once per input size,
 cached), the MultiBox loss (``src.losses.multibox``), the WIDER FACE data (``src.data.widerface``:
 dict samples, ``collate_faces`` padding with -1) and the WIDER FACE evaluator
-(``src.metrics.widerface``):
+(``src.metrics.widerface``).
+
+Batches arrive with uint8 BGR images (``dataset.uint8_images``, the default) or float32 BGR
+minus the mean (the float path); ``normalise`` is the one place that makes the network input
+(float32 minus the mean, on the device, bit-identical to the float path) and every entry point
+goes through it: ``on_train_batch_start`` (and ``training_step`` for direct callers),
+``evaluate``, ``visualize``, ``predict_one``. ONNX exports take the normalised float input.
 
 * ``training_step``: forward, priors for the batch's (H, W), loss -> ``loss``, ``loc``, ``cls``,
   ``landm``, ``num_pos``;
@@ -30,8 +36,8 @@ import numpy as np
 import torch
 
 from src.data.base import DataError
-from src.data.face_transforms import BGR_MEAN, to_chw_minus_mean
-from src.data.widerface import collate_faces
+from src.data.face_transforms import BGR_MEAN, to_chw
+from src.data.widerface import collate_faces, subtract_mean
 from src.logging.detections import DetectionItem
 from src.models.retinaface.detect import DetectConfig, detect
 from src.tasks.base import Task, unwrap
@@ -128,10 +134,24 @@ class RetinaFaceTask(Task):
         self.num_visualize = int(num_visualize)
         self.predict_size = int(predict_size) if predict_size else None
         self.export_size = (int(export_size[0]), int(export_size[1]))
+        means = {tuple(float(m) for m in d.mean) for d in self.data.values() if hasattr(d, "mean")}
+        if len(means) > 1:
+            raise ValueError(f"RetinaFaceTask: the data splits have different means {means}")
+        self.mean = means.pop() if means else tuple(BGR_MEAN)
 
     # ---- data -----------------------------------------------------------------------
     def collate(self, samples: list[Any]) -> Any:
-        return collate_faces(samples)
+        return collate_faces(samples, self.mean)
+
+    def normalise(self, batch: dict) -> dict:
+        """The batch with its ``image`` as the network input: uint8 BGR -> float32 minus the
+        mean on its device (``subtract_mean``); a float batch (the float path) unchanged."""
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        return {**batch, "image": subtract_mean(batch["image"], self.mean)}
+
+    def on_train_batch_start(self, batch: Any, step: int) -> Any:
+        return self.normalise(batch)
 
     def priors(self, images: torch.Tensor) -> torch.Tensor:
         """Priors for the batch's (H, W), cached per size, device and dtype."""
@@ -141,7 +161,7 @@ class RetinaFaceTask(Task):
 
     # ---- training -------------------------------------------------------------------
     def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
-        images = batch["image"]
+        images = self.normalise(batch)["image"]  # already done by on_train_batch_start
         loc, conf, landm = self.net(images)
         # the loss runs in float32 whatever the autocast precision of the network
         with torch.autocast(device_type=images.device.type, enabled=False):
@@ -181,6 +201,7 @@ class RetinaFaceTask(Task):
             raise RuntimeError("RetinaFaceTask.evaluate needs a val split with widerface_gt()")
         predictions: dict[tuple[str, str], np.ndarray] = {}
         for batch in loader:
+            batch = self.normalise(batch)
             scale = batch["scale"].to(torch.float64)
             scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
             dets = self.detect_batch(batch["image"], scale.to(batch["image"].device))
@@ -209,15 +230,17 @@ class RetinaFaceTask(Task):
     def visualize(self, batch: dict) -> dict[str, list]:
         """W&B box overlays (predictions with scores, ground truth) over pictures with the
         predicted landmarks drawn in."""
-        images = batch["image"][: self.num_visualize]
+        raw = batch["image"][: self.num_visualize]
+        images = self.normalise({"image": raw})["image"]
         dets = self.detect_batch(images)
         h, w = images.shape[-2:]
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         out = []
         for i, (img, d) in enumerate(zip(images, dets)):
             scores = d["scores"].cpu().numpy()
+            bgr = raw[i].permute(1, 2, 0).cpu().numpy() if raw.dtype == torch.uint8 else None
             picture = draw_detections(
-                to_bgr_uint8(img),
+                bgr if bgr is not None else to_bgr_uint8(img, self.mean),
                 d["boxes"].cpu().numpy(),
                 scores,
                 d["landmarks"].cpu().numpy(),
@@ -252,8 +275,8 @@ class RetinaFaceTask(Task):
         if self.predict_size:
             scale = self.predict_size / max(raw.shape[:2])
             img = cv2.resize(raw, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(to_chw_minus_mean(img, BGR_MEAN))[None].to(device)
-        d = self.detect_batch(x, scale)[0]
+        x = torch.from_numpy(to_chw(img))[None].to(device)  # uint8 to the device
+        d = self.detect_batch(self.normalise({"image": x})["image"], scale)[0]
         boxes, scores = d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()
         points = d["landmarks"].cpu().numpy()
         picture = out_dir / f"{stem}_faces.jpg"

@@ -11,6 +11,13 @@ src/losses/ws_dan.py). The augmentation is batched on the device, drawn from tor
 Evaluation: logits of the raw image and of the crop guided by the *mean* attention map
 (threshold ``eval_crop_theta``, padding ``eval_crop_padding``) are averaged; top-1/top-5
 accuracy (fractions in [0, 1]) and the cross-entropy of the averaged logits.
+
+Batches arrive as uint8 RGB crops (``dataset.uint8_images``, the default; augmented training
+batches with their ``jitter`` factors) or float32 normalised images (the float path);
+``normalise`` is the one place that makes the network input (``normalize_batch``: ``/ 255``,
+brightness / saturation jitter and the ImageNet normalisation on the device) and every entry
+point goes through it: ``on_train_batch_start`` (and ``training_step`` for direct callers),
+``evaluate``, ``visualize``, ``predict_one``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from src.data.cub import open_rgb
-from src.data.transforms import denormalize
+from src.data.transforms import denormalize, normalize_batch
 from src.metrics.accuracy import TopKAccuracy
 from src.models.ws_dan.augment import attention_crop, attention_drop, sample_attention_maps
 from src.tasks.base import Task, unwrap
@@ -57,6 +64,13 @@ def heatmap_overlay(image: np.ndarray, attention: torch.Tensor, alpha: float = 0
     heat = np.stack([a, np.where(a < 0.5, a, 1.0 - a), 1.0 - a], axis=-1)
     blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * heat
     return (np.clip(blended, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _picture(image: torch.Tensor) -> np.ndarray | None:
+    """(3, H, W) uint8 -> (H, W, 3) uint8 array; None for a float (normalised) image."""
+    if image.dtype != torch.uint8:
+        return None
+    return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
 
 
 class WSDANTask(Task):
@@ -104,6 +118,18 @@ class WSDANTask(Task):
                 return list(names)
         return [str(k) for k in range(self.net.num_classes)]
 
+    def normalise(self, batch: dict) -> dict:
+        """The batch with its ``image`` as the network input: uint8 -> float32 jittered (its
+        ``jitter`` factors) and ImageNet-normalised on its device; a float batch unchanged."""
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        out = {k: v for k, v in batch.items() if k != "jitter"}
+        out["image"] = normalize_batch(batch["image"], batch.get("jitter"))
+        return out
+
+    def on_train_batch_start(self, batch: Any, step: int) -> Any:
+        return self.normalise(batch)
+
     # ---- training -------------------------------------------------------------------
     def augment(self, images: torch.Tensor, attention_maps: torch.Tensor):
         """(crops, drops) of a batch from its (B, M, h, w) attention maps."""
@@ -114,6 +140,7 @@ class WSDANTask(Task):
         return crops, drops
 
     def training_step(self, batch: dict, opt: Any) -> dict[str, torch.Tensor]:
+        batch = self.normalise(batch)  # already done by on_train_batch_start
         images, labels = batch["image"], batch["label"]
         logits_raw, feature_matrix, attention_maps = self.net(images)
         crops, drops = self.augment(images, attention_maps)
@@ -137,6 +164,7 @@ class WSDANTask(Task):
         refined, raw = TopKAccuracy((1, 5)), TopKAccuracy((1,))
         loss_sum, count = None, 0
         for batch in loader:
+            batch = self.normalise(batch)
             images, labels = batch["image"], batch["label"]
             logits, logits_raw, _ = self.refine(images)
             refined.update(logits, labels)
@@ -152,8 +180,12 @@ class WSDANTask(Task):
     # ---- pictures -------------------------------------------------------------------
     @torch.no_grad()
     def visualize(self, batch: dict) -> dict[str, list]:
-        images = batch["image"][: self.num_visualize]
-        labels = batch["label"][: self.num_visualize]
+        n = self.num_visualize
+        raw = batch["image"][:n]
+        jitter = batch.get("jitter")
+        images = self.normalise({"image": raw, "jitter": None if jitter is None else jitter[:n]})
+        images = images["image"]
+        labels = batch["label"][:n]
         logits, _, mean_map = self.refine(images)
         crops = attention_crop(images, mean_map, _mid(self.crop_theta), self.crop_padding)
         drops = attention_drop(images, mean_map, _mid(self.drop_theta))
@@ -162,7 +194,9 @@ class WSDANTask(Task):
         out: dict[str, list] = {"attention": [], "crops": [], "drops": []}
         for i, (label, pred) in enumerate(zip(labels.tolist(), predicted)):
             caption = f"true: {names[label]} / predicted: {names[pred]}"
-            out["attention"].append((heatmap_overlay(denormalize(images[i]), mean_map[i]), caption))
+            picture = _picture(raw[i]) if jitter is None else None  # uint8 as it came
+            picture = denormalize(images[i]) if picture is None else picture
+            out["attention"].append((heatmap_overlay(picture, mean_map[i]), caption))
             out["crops"].append((denormalize(crops[i]), caption))
             out["drops"].append((denormalize(drops[i]), caption))
         return out
@@ -172,13 +206,15 @@ class WSDANTask(Task):
         if dataset is None or not hasattr(dataset, "preprocess"):
             raise RuntimeError("WS-DAN predict needs a dataset with preprocess() for its transform")
         device = next(unwrap(self.net).parameters()).device
-        image = dataset.preprocess(open_rgb(path))[None].to(device)
+        raw = dataset.preprocess(open_rgb(path))[None].to(device)
+        image = self.normalise({"image": raw})["image"]
         logits, _, mean_map = self.refine(image)
         probs = logits.softmax(dim=1)[0]
         top = probs.topk(min(5, probs.numel()))
         names = self.class_names()
         picture = out_dir / f"{stem}_attention.png"
-        shown = Image.fromarray(denormalize(image[0]))
+        shown = _picture(raw[0])
+        shown = Image.fromarray(denormalize(image[0]) if shown is None else shown)
         if min(shown.size) < self.picture_size:  # small network inputs: enlarge to see
             scale = self.picture_size / min(shown.size)
             shown = shown.resize(

@@ -7,7 +7,19 @@ from PIL import Image
 
 from src.data.base import DataError
 from src.data.cub import CUB_FILES, CUBDataset, build_cub, read_cub
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClassificationTransform
+from src.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassificationTransform,
+    normalize_batch,
+)
+
+
+def finished(sample):
+    """The network input of a sample: uint8 samples (``uint8_images``, the default) are
+    finished on the device by the Task (``normalize_batch``), float ones already are."""
+    jitter = sample.get("jitter")
+    return normalize_batch(sample["image"][None], None if jitter is None else jitter[None])[0]
 
 
 def write_tree(root, gray_second=True):
@@ -49,24 +61,26 @@ def test_samples_and_grayscale_to_rgb(cub):
     data = build_cub(cub, image_size=8)
     sample = data["val"].load(0, None)
     assert set(sample) == {"image", "label", "index"}
+    assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 8, 8)
+    sample["image"] = finished(sample)
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 8, 8)
     assert sample["label"].dtype == torch.int64 and sample["label"].item() == 1
     # grey 128 in all three channels after conversion, ImageNet-normalised
     want = [(128 / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
     np.testing.assert_allclose(sample["image"].mean(dim=(1, 2)).numpy(), want, atol=1e-5)
-    red = data["train"].load(0, None)["image"]
+    red = finished(data["train"].load(0, None))
     want_red = [(1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1]]
     np.testing.assert_allclose(red[:2, 4, 4].numpy(), want_red, atol=0.03)  # jpeg
 
 
 def test_train_transform_uses_only_the_given_rng(cub):
     ds = build_cub(cub, image_size=16)["train"]
-    a = ds.load(1, np.random.default_rng([7, 0, 1]))["image"]
+    a = finished(ds.load(1, np.random.default_rng([7, 0, 1])))
     np.random.seed(0)
     torch.manual_seed(0)
-    b = ds.load(1, np.random.default_rng([7, 0, 1]))["image"]
+    b = finished(ds.load(1, np.random.default_rng([7, 0, 1])))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    differ = [ds.load(1, np.random.default_rng([7, e, 1]))["image"] for e in range(1, 6)]
+    differ = [finished(ds.load(1, np.random.default_rng([7, e, 1]))) for e in range(1, 6)]
     assert any(not torch.equal(a, d) for d in differ)
     torch.testing.assert_close(ds.load(1, None)["image"], ds[1]["image"])
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from src.data.base import DataError
 from src.data.synthetic_cub import build_synthetic_cub
+from src.data.transforms import normalize_batch
 from src.losses.ws_dan import WSDANLoss
 from src.models.ws_dan import WSDAN
 from src.tasks.ws_dan import WSDANTask
@@ -101,7 +102,7 @@ def test_evaluate_matches_per_sample_loop(data):
     with torch.no_grad():
         for i in range(len(val)):
             sample = val.load(i, None)
-            x, y = sample["image"][None], int(sample["label"])
+            x, y = normalize_batch(sample["image"][None]), int(sample["label"])
             raw, _, maps = task.net(x)
             crop, _ = crop_loop(x, maps.mean(1, keepdim=True), [0.1], 0.05)
             logits = ((raw + task.net(crop)[0]) / 2)[0].double()
