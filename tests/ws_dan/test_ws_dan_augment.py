@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from src.models.ws_dan import (
     attention_crop,
@@ -11,6 +12,7 @@ from src.models.ws_dan import (
     drop_mask,
     sample_attention_maps,
 )
+from src.models.ws_dan.augment import upsample_maps
 from tests.ws_dan.oracles import crop_loop, drop_loop
 
 
@@ -153,3 +155,69 @@ def test_crop_float32_within_stated_tolerance_of_float64_loop():
     got = attention_crop(images, maps, (0.4, 0.6), 0.1, torch.Generator().manual_seed(4))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=0, atol=5e-4)
+
+
+@pytest.mark.parametrize(
+    "size_in, size_out",
+    [((5, 6), (40, 48)), ((26, 26), (448, 448)), ((1, 4), (3, 4)), ((3, 3), (1, 1))],
+)
+def test_upsample_maps_matches_interpolate(size_in, size_out):
+    """The two matrix products give ``F.interpolate(bilinear, align_corners=True)``'s values
+    to 1e-12 in float64. In float32 they stay within a few ulps (3e-7 for maps in [0, 1]) of
+    that float64 truth; float32 ``F.interpolate`` itself strays further (1.8e-6 at 448 px: it
+    rounds its scale to float32 before multiplying by the pixel index)."""
+    g = torch.Generator().manual_seed(sum(size_in) + sum(size_out))
+    maps = torch.rand(3, 1, *size_in, generator=g, dtype=torch.float64)
+    want = F.interpolate(maps, size=size_out, mode="bilinear", align_corners=True)[:, 0]
+    torch.testing.assert_close(upsample_maps(maps, size_out), want, rtol=0, atol=1e-12)
+    got32 = upsample_maps(maps.float(), size_out)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), want, rtol=0, atol=3e-7)
+
+
+def test_float32_masks_match_interpolate_away_from_the_threshold():
+    """At the paper's 26 -> 448 on trained-looking maps, the crop boxes are the reference's and
+    the drop masks differ from float32 ``F.interpolate``'s only where the map is within that
+    function's own rounding error (2e-6 of its max, see above) of the threshold."""
+    from benchmarks.ws_dan import make_maps
+
+    maps = make_maps(12, 2, 26, seed=3)
+    thetas = 0.2 + 0.3 * draws(8, 12)
+    want = F.interpolate(maps[:, 1:], size=(448, 448), mode="bilinear", align_corners=True)
+    thr = (thetas * maps[:, 1:].amax(dim=(1, 2, 3)))[:, None, None, None]
+    keep = drop_mask(maps[:, 1:], (448, 448), (0.2, 0.5), torch.Generator().manual_seed(8))
+    differ = keep != (want < thr)
+    near = (want - thr).abs() <= 4e-6 * maps[:, 1:].amax()
+    assert not (differ & ~near).any()
+    thetas = 0.4 + 0.2 * draws(9, 12)
+    _, want_boxes = crop_loop(torch.zeros(12, 1, 448, 448), maps[:, :1], thetas, 0.1)
+    gen = torch.Generator().manual_seed(9)
+    got_boxes = crop_boxes(maps[:, :1], (448, 448), (0.4, 0.6), 0.1, gen)
+    torch.testing.assert_close(got_boxes, want_boxes)
+
+
+def test_map_with_a_nan_counts_as_empty():
+    """One NaN (or inf) cell: the map is taken as all zero, like an empty one (whole image for
+    the crop, nothing dropped); the other samples are untouched."""
+    g = torch.Generator().manual_seed(4)
+    maps = torch.rand(3, 1, 5, 5, generator=g)
+    images = torch.randn(3, 3, 20, 20, generator=g)
+    bad = maps.clone()
+    bad[0, 0, 2, 3] = float("nan")
+    bad[1, 0, 0, 0] = float("inf")
+    boxes = crop_boxes(bad, (20, 20), 0.5, 0.1)
+    assert boxes[:2].tolist() == [[0, 0, 20, 20]] * 2
+    assert boxes[2].tolist() == crop_boxes(maps, (20, 20), 0.5, 0.1)[2].tolist()
+    dropped = attention_drop(images, bad, 0.35)
+    torch.testing.assert_close(dropped[:2], images[:2], rtol=0, atol=0)
+    torch.testing.assert_close(dropped[2], attention_drop(images, maps, 0.35)[2], rtol=0, atol=0)
+
+
+def test_masks_ignore_autocast():
+    """Under CPU autocast (bfloat16) the upsampled maps stay in float32: same boxes and masks."""
+    maps = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(5)) ** 2
+    want_boxes, want_keep = crop_boxes(maps, (64, 64), 0.5, 0.1), drop_mask(maps, (64, 64), 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert upsample_maps(maps, (64, 64)).dtype == torch.float32
+        torch.testing.assert_close(crop_boxes(maps, (64, 64), 0.5, 0.1), want_boxes)
+        torch.testing.assert_close(drop_mask(maps, (64, 64), 0.3), want_keep)

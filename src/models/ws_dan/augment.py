@@ -1,9 +1,15 @@
 """Attention-guided data augmentation of WS-DAN, batched on the images' device.
 
 No Python loop over samples and no host synchronisation (no ``.item()``, ``.cpu()``,
-``nonzero``): boxes come from ``any``/``amin``/``amax`` reductions and the crops are resampled
-in one ``grid_sample`` call. Randomness (which attention map, which threshold) comes from
-torch's global RNG (checkpointed by the engine) or from ``generator`` when one is given.
+``nonzero``): boxes come from ``amax``/``amin`` reductions and the crops are resampled in one
+``grid_sample`` call. The maps are upsampled by two small matrix products (bilinear resizing is
+separable: ``R_y @ A @ R_x^T``, two non-zero weights a row), not by ``F.interpolate``: about
+twice as fast on CPU and closer to exact (float32: 1.5e-7 against float64, where float32
+``F.interpolate`` is off by 1.8e-6 at 448 px), so a mask can differ from the reference's only at
+a pixel within that rounding of its threshold. A map holding a NaN or an infinity is taken as
+all zero, like an empty map: its crop is the whole image and its drop keeps everything.
+Randomness (which attention map, which threshold) comes from torch's global RNG (checkpointed by
+the engine) or from ``generator`` when one is given.
 
 Conventions (as GuYuc/WS-DAN.PyTorch ``batch_augment``): a map is upsampled bilinearly with
 ``align_corners=True`` to the image size and compared against ``theta * max`` where ``max`` is
@@ -25,12 +31,47 @@ Theta = float | tuple[float, float]
 
 
 def _as_maps(attention_map: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) or (B, 1, h, w) -> (B, 1, h, w) float."""
+    """(B, h, w) or (B, 1, h, w) -> (B, 1, h, w) float; a map with a non-finite value -> 0."""
     if attention_map.dim() == 3:
         attention_map = attention_map[:, None]
     if attention_map.dim() != 4 or attention_map.shape[1] != 1:
         raise ValueError(f"expected (B, 1, h, w) attention maps, got {tuple(attention_map.shape)}")
-    return attention_map.float()
+    maps = attention_map.float()
+    finite = torch.isfinite(maps).all(dim=(1, 2, 3), keepdim=True)
+    return torch.where(finite, maps, 0.0)
+
+
+def interpolation_matrix(
+    size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(size_out, size_in) weights of 1-D linear resizing with ``align_corners=True``: output
+    ``i`` reads source ``i * (size_in - 1) / (size_out - 1)`` (``F.interpolate``'s points),
+    two taps a row, computed in float64 and rounded once to ``dtype``."""
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    src = torch.arange(size_out, device=device, dtype=torch.float64) * scale
+    lo = src.floor().clamp(max=size_in - 1).long()
+    hi = (lo + 1).clamp(max=size_in - 1)
+    frac = src - lo
+    rows = torch.arange(size_out, device=device)
+    weights = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
+    weights.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, hi), frac, accumulate=True)
+    return weights.to(dtype)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) -> (B, H, W): bilinear, ``align_corners=True``, as ``R_y @ A @ R_x^T``.
+
+
+    On one CPU thread about twice as fast as ``F.interpolate`` for 26x26 -> 448x448 (the
+    products are 26 deep) and the same up to float rounding.
+    """
+    height, width = size
+    ry = interpolation_matrix(maps.shape[-2], height, maps.dtype, maps.device)
+    rx = interpolation_matrix(maps.shape[-1], width, maps.dtype, maps.device)
+    # Thresholds are compared in the maps' own precision, not autocast's float16 / bfloat16.
+    with torch.autocast(maps.device.type, enabled=False):
+        return ry @ maps[:, 0] @ rx.T
 
 
 def draw_theta(
@@ -77,11 +118,11 @@ def crop_boxes(
     b = maps.shape[0]
     height, width = image_size
     thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
-    up = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=True)[:, 0]
-    # ``any`` as a max over the mask's bytes: the same booleans, an order of magnitude faster
-    # on CPU (a vectorised uint8 reduction instead of the boolean one).
-    mask = (up >= thr[:, None, None]).view(torch.uint8)
-    rows, cols = mask.amax(dim=2).bool(), mask.amax(dim=1).bool()  # (B, H), (B, W)
+    up = upsample_maps(maps, (height, width))
+    # A row holds a masked pixel iff its largest value reaches the threshold: two float
+    # reductions, no full-size mask.
+    thr = thr[:, None]
+    rows, cols = up.amax(dim=2) >= thr, up.amax(dim=1) >= thr  # (B, H), (B, W)
     ys = torch.arange(height, device=maps.device)
     xs = torch.arange(width, device=maps.device)
     top = torch.where(rows, ys, height).amin(dim=1)
@@ -141,6 +182,27 @@ def attention_crop(
     return crop_resize(images, boxes)
 
 
+def _keep(
+    attention_map: torch.Tensor,
+    image_size: tuple[int, int],
+    theta: Theta,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(B, 1, H, W) 1 where a pixel is kept (``upsampled map < theta * max``), else 0, in
+    ``dtype``; a sample that would keep nothing keeps everything."""
+    maps = _as_maps(attention_map)
+    b = maps.shape[0]
+    thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
+    up = upsample_maps(maps, tuple(image_size))
+    # Nothing kept iff even the smallest value reaches the threshold: then compare against
+    # +inf instead, so the one comparison below keeps everything.
+    nothing_kept = up.amin(dim=(1, 2)) >= thr
+    thr = torch.where(nothing_kept, float("inf"), thr)[:, None, None]
+    # The comparison writes the mask in ``dtype`` directly (about 5x a bool result converted).
+    return torch.lt(up, thr, out=torch.empty_like(up, dtype=dtype))[:, None]
+
+
 def drop_mask(
     attention_map: torch.Tensor,
     image_size: tuple[int, int],
@@ -152,13 +214,7 @@ def drop_mask(
     When a sample would keep nothing (e.g. an all-zero map, where ``0 < 0`` is false
     everywhere) the whole image is kept instead.
     """
-    maps = _as_maps(attention_map)
-    b = maps.shape[0]
-    thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
-    up = F.interpolate(maps, size=tuple(image_size), mode="bilinear", align_corners=True)
-    keep = up < thr[:, None, None, None]
-    nothing_kept = keep.flatten(1).view(torch.uint8).amax(dim=1) == 0  # ~any, vectorised
-    return keep | nothing_kept[:, None, None, None]
+    return _keep(attention_map, image_size, theta, generator, torch.bool)
 
 
 def attention_drop(
@@ -168,5 +224,7 @@ def attention_drop(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Erase (set to 0, the normalised mean colour) where the attention map is strong."""
-    keep = drop_mask(attention_map, images.shape[-2:], theta, generator)
-    return images * keep  # bool x float keeps the images' dtype, no float mask is made
+    # A mask in the images' dtype: a float x float product is the faster kernel on CPU (about
+    # 1.3x a bool x float one at 12 x 3 x 448 x 448), and x1 / x0 is exact.
+    keep = _keep(attention_map, images.shape[-2:], theta, generator, images.dtype)
+    return images * keep
