@@ -100,13 +100,7 @@ class WSDANTask(Task):
         self.eval_crop_padding = float(eval_crop_padding)
         self.num_visualize = int(num_visualize)
         self.picture_size = int(picture_size)
-        for split, dataset in data.items():
-            found = getattr(dataset, "num_classes", None)
-            if found is not None and int(found) != net.num_classes:
-                raise ValueError(
-                    f"WS-DAN: the {split} dataset has {found} classes but the model was built "
-                    f"for {net.num_classes} (model.net.num_classes / dataset.num_classes)"
-                )
+        self.check_num_classes(net.num_classes)
         # Centers get their final (num_classes, M * C) shape now, before any checkpoint loads.
         self.loss.build(net.num_classes, net.feature_dim)
 

@@ -82,7 +82,8 @@ def test_centers_have_final_shape_before_any_step(data):
 
 
 def test_class_count_mismatch_is_one_clear_error(data):
-    with pytest.raises(ValueError, match="6 classes but the model was built for 5"):
+    want = "train dataset has 6 classes but model.net.num_classes=5; set model.net.num_classes=6"
+    with pytest.raises(ValueError, match=want):
         make_task(data, num_classes=5)
 
 
