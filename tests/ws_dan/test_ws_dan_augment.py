@@ -12,7 +12,13 @@ from src.models.ws_dan import (
     drop_mask,
     sample_attention_maps,
 )
-from src.models.ws_dan.augment import upsample_maps
+from src.models.ws_dan.augment import (
+    _ends,
+    _resize_matrices,
+    _rows_cols_reaching,
+    segment_ends,
+    upsample_maps,
+)
 from tests.ws_dan.oracles import crop_loop, drop_loop
 
 
@@ -173,6 +179,49 @@ def test_upsample_maps_matches_interpolate(size_in, size_out):
     got32 = upsample_maps(maps.float(), size_out)
     assert got32.dtype == torch.float32
     torch.testing.assert_close(got32.double(), want, rtol=0, atol=3e-7)
+
+
+SIZES = [(26, 448), (5, 40), (6, 48), (7, 97), (26, 300), (2, 448), (26, 26), (30, 17), (1, 5)]
+
+
+@pytest.mark.parametrize("size_in, size_out", SIZES)
+def test_segment_ends_hold_every_intervals_first_and_last_point(size_in, size_out):
+    """Oracle: the source interval each output point falls in, read off the interpolation
+    matrix itself (its first non-zero column); every interval's first and last point must be
+    in ``segment_ends``, and nothing outside the output range."""
+    from src.models.ws_dan.augment import interpolation_matrix
+
+    weights = interpolation_matrix(size_in, size_out, torch.float64, torch.device("cpu"))
+    lo = [int(torch.nonzero(row)[0]) for row in weights]
+    ends = set(segment_ends(size_in, size_out, torch.device("cpu")).tolist())
+    assert ends <= set(range(size_out))
+    for k in set(lo):
+        points = [j for j, v in enumerate(lo) if v == k]
+        assert points[0] in ends and points[-1] in ends, (k, points)
+
+
+@pytest.mark.parametrize("size_in, size_out", SIZES)
+def test_row_and_column_maxima_and_minimum_from_segment_ends(size_in, size_out):
+    """The crop's rows / columns reaching the threshold and the drop's smallest value, taken
+    from the ``segment_ends`` rows and columns only, equal the full upsampled maps' (float64,
+    to 1e-13; bool results identical), on smooth maps, spiky maps and a constant one."""
+    g = torch.Generator().manual_seed(size_in * 1000 + size_out)
+    size = (size_out, size_out + 3)
+    maps = torch.rand(6, 1, size_in, size_in + 1, generator=g, dtype=torch.float64)
+    maps[1] = maps[1] ** 8  # spiky
+    maps[2] = 0.25  # constant
+    full = upsample_maps(maps, size)
+    ry, rx = _resize_matrices(maps, size)
+    ry_ends, rx_ends = _ends(ry, rx, maps.shape[-2:])
+    sub_min = (ry_ends @ maps[:, 0] @ rx_ends.T).amin(dim=(1, 2))
+    torch.testing.assert_close(sub_min, full.amin(dim=(1, 2)), rtol=0, atol=1e-13)
+    for fraction in (0.0, 0.3, 0.6, 0.95, 1.0):
+        thr = fraction * maps.amax(dim=(1, 2, 3))
+        rows, cols = _rows_cols_reaching(maps, size, thr)
+        for got, full_max in ((rows, full.amax(dim=2)), (cols, full.amax(dim=1))):
+            # The full maps' verdicts, away from float ties at the threshold.
+            clear = (full_max - thr[:, None]).abs() > 1e-12
+            assert torch.equal(got[clear], (full_max >= thr[:, None])[clear])
 
 
 def test_float32_masks_match_interpolate_away_from_the_threshold():
