@@ -11,14 +11,20 @@ speed option of ``trainer`` / ``optimizer``:
                    with its per-parameter loop, zero_grad / backward / step and the .item()
                    reads of the losses it logs every step
     loop           the engine with the old defaults: optimizer.foreach=false, no compile,
-                   contiguous memory
-    foreach        optimizer.foreach=true (the engine's default now)
+                   contiguous memory, trainer.host_allocator=system (glibc's defaults)
+    foreach        optimizer.foreach=true
+    keep           + trainer.host_allocator=keep: the engine's defaults now (freed CPU memory
+                   stays in the process; src/engine/host_memory.py)
     channels_last  + trainer.channels_last=true
     compile        + trainer.compile=true (inductor; warm-up steps include the compilation)
-    all            foreach + channels_last + compile
+    all            keep + channels_last + compile
+
+The reference, loop and foreach rows run with glibc's own allocator settings, as the reference
+repos do, the others with ``keep``: two worker processes, one per setting (it is process-wide),
+driven round-robin by this one, one step at a time.
 
     python benchmarks/train_step.py [--models retinaface,ws_dan] [--batch N] [--size N]
-        [--steps 5] [--warmup 2] [--options loop,foreach,channels_last,compile,all]
+        [--steps 5] [--warmup 2] [--options reference,loop,foreach,keep,channels_last,...]
         [--ws-backbone inception_v3] [--threads 1] [--device cpu|cuda]
 
 ``--batch`` / ``--size`` replace both models' defaults (for a quick check:
@@ -26,18 +32,22 @@ speed option of ``trainer`` / ``optimizer``:
 fixed synthetic batch (random faces with landmarks / random images and labels), so the data
 pipeline is not timed. Rows of one model are measured round-robin, one step each per round (a
 shared machine's load then weighs on every row alike); the table shows the median step time,
-images/s, the ratio to ``loop`` and the loss of the first step (the same batch and weights in
-every row: it shows the options compute the same thing). Default one intra-op thread.
+images/s, the ratio to ``reference``, the minor page faults of a step (memory the kernel had to
+hand in again) and the loss of the first step (the same batch and weights in every row: it
+shows the options compute the same thing). Default one intra-op thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import torch
 
@@ -51,6 +61,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from benchmarks.retinaface import make_targets  # noqa: E402
 from src.config import register_configs  # noqa: E402
 from src.data.base import SampleDataset  # noqa: E402
+from src.engine.host_memory import minor_page_faults, set_host_allocator  # noqa: E402
 from src.engine.seed import seed_everything  # noqa: E402
 from src.engine.trainer import Trainer  # noqa: E402
 from src.logging import RunLogger  # noqa: E402
@@ -60,14 +71,19 @@ EXPERIMENTS = {
     "retinaface": ("retinaface_mnet", 8, 640),
     "ws_dan": ("ws_dan_cub", 12, 448),
 }
-OPTIONS = {
-    "reference": {"foreach": False},
-    "loop": {"foreach": False},
-    "foreach": {},
+OPTIONS = {  # each row's overrides; trainer.host_allocator picks the process it runs in
+    "reference": {"foreach": False, "trainer.host_allocator": "system"},
+    "loop": {"foreach": False, "trainer.host_allocator": "system"},
+    "foreach": {"trainer.host_allocator": "system"},
+    "keep": {},  # the engine's defaults: foreach + host_allocator=keep
     "channels_last": {"trainer.channels_last": True},
     "compile": {"trainer.compile": True},
     "all": {"trainer.channels_last": True, "trainer.compile": True},
 }
+
+
+def allocator_of(option: str) -> str:
+    return OPTIONS[option].get("trainer.host_allocator", "keep")
 
 
 class FixedSamples(SampleDataset):
@@ -280,29 +296,71 @@ def step(trainer: Trainer) -> tuple[float, float]:
     return time.perf_counter() - t0, float(loss.detach())
 
 
+def worker(model: str, mode: str, args) -> None:
+    """One process per allocator mode (``set_host_allocator`` is process-wide, and a
+    ``system`` row's frees would hand a ``keep`` row's memory back to the OS): builds rows and
+    times steps as the parent asks, one JSON line per answer on stdout."""
+    set_host_allocator(mode)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix=f"train_step_{mode}_"))
+    trainers = {}
+    for line in sys.stdin:
+        command, option = line.split()
+        if command == "build":
+            # every row starts from the same weights and sees the same batch: its first loss
+            # is comparable; its warm-up steps (compilation for compile rows) are not timed
+            trainers[option] = build_trainer(model, option, args, tmp / option)
+            t0 = time.perf_counter()
+            loss = [step(trainers[option])[1] for _ in range(args.warmup)][0]
+            answer = {"loss": loss, "warmup_s": time.perf_counter() - t0}
+        else:
+            faults = minor_page_faults()
+            seconds, _ = step(trainers[option])
+            answer = {"seconds": seconds, "faults": minor_page_faults() - faults}
+        print("@" + json.dumps(answer), flush=True)
+
+
 def bench_model(model: str, args) -> list[tuple]:
-    tmp = Path(tempfile.mkdtemp(prefix="train_step_"))
-    torch._dynamo.reset()  # each model's compiled rows start with an empty cache
-    trainers, first_loss, compile_s = {}, {}, {}
-    for option in args.options:
-        # every row starts from the same weights and sees the same batch: its first loss is
-        # comparable; its warm-up steps (compilation for compile rows) are not timed
-        trainers[option] = build_trainer(model, option, args, tmp / option)
-        t0 = time.perf_counter()
-        for i in range(args.warmup):
-            _, loss = step(trainers[option])
-            if i == 0:
-                first_loss[option] = loss
-        compile_s[option] = time.perf_counter() - t0
-    times: dict[str, list[float]] = {o: [] for o in args.options}
-    for _ in range(args.steps):
-        for option, trainer in trainers.items():
-            times[option].append(step(trainer)[0])
+    """Rows measured round-robin, one step each per round, each row in the worker process of
+    its allocator mode (only one process computes at a time)."""
+    modes = sorted({allocator_of(o) for o in args.options})
+    argv = [sys.executable, __file__, "--worker", model, "--models", model]
+    argv += ["--batch", str(args.batch), "--size", str(args.size), "--warmup", str(args.warmup)]
+    argv += ["--ws-backbone", args.ws_backbone, "--threads", str(args.threads)]
+    argv += ["--device", args.device]
+    workers = {
+        m: subprocess.Popen([*argv, "--allocator", m], stdin=PIPE, stdout=PIPE, text=True)
+        for m in modes
+    }
+
+    def ask(option: str, command: str) -> dict:
+        proc = workers[allocator_of(option)]
+        proc.stdin.write(f"{command} {option}\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith("@"):
+                return json.loads(line[1:])
+        raise RuntimeError(f"the {allocator_of(option)} worker died building / timing {option}")
+
+    try:
+        built = {option: ask(option, "build") for option in args.options}
+        times: dict[str, list[float]] = {o: [] for o in args.options}
+        faults: dict[str, list[int]] = {o: [] for o in args.options}
+        for _ in range(args.steps):
+            for option in args.options:
+                answer = ask(option, "step")
+                times[option].append(answer["seconds"])
+                faults[option].append(answer["faults"])
+    finally:
+        for proc in workers.values():
+            proc.stdin.close()
+            proc.wait()
     rows = []
     base = statistics.median(times["reference" if "reference" in times else args.options[0]])
+    images = args.batch or EXPERIMENTS[model][1]
     for option in args.options:
         med = statistics.median(times[option])
-        images = trainers[option].bench_images
         rows.append(
             (
                 model,
@@ -310,8 +368,9 @@ def bench_model(model: str, args) -> list[tuple]:
                 med * 1e3,
                 images / med,
                 base / med,
-                first_loss[option],
-                compile_s[option],
+                statistics.median(faults[option]),
+                built[option]["loss"],
+                built[option]["warmup_s"],
             )
         )
     return rows
@@ -328,7 +387,11 @@ def main() -> None:
     ap.add_argument("--ws-backbone", default="inception_v3")
     ap.add_argument("--threads", type=int, default=1, help="0 = torch's default")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: bench_model's processes
+    ap.add_argument("--allocator", default="keep", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.allocator, args)
     args.options = [o for o in args.options.split(",") if o]
     unknown = [o for o in args.options if o not in OPTIONS]
     if unknown:
@@ -341,17 +404,26 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}, "
         f"{args.steps} timed steps after {args.warmup} warm-up"
     )
-    header = ("model", "option", "ms/step", "img/s", "x reference", "loss (step 1)", "warm-up s")
+    header = (
+        "model",
+        "option",
+        "ms/step",
+        "img/s",
+        "x reference",
+        "page faults/step",
+        "loss (step 1)",
+        "warm-up s",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for model in args.models.split(","):
         experiment, batch, size = EXPERIMENTS[model]
         label = f"{model} b{args.batch or batch} @{args.size or size}"
         for row in bench_model(model, args):
-            _, option, ms, ips, ratio, loss, warm = row
+            _, option, ms, ips, ratio, faults, loss, warm = row
             print(
-                f"| {label} | {option} | {ms:.1f} | {ips:.2f} | {ratio:.2f} | {loss:.5f} | "
-                f"{warm:.1f} |",
+                f"| {label} | {option} | {ms:.1f} | {ips:.2f} | {ratio:.2f} | {faults:,.0f} | "
+                f"{loss:.5f} | {warm:.1f} |",
                 flush=True,
             )
 

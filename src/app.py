@@ -19,6 +19,8 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.engine.host_memory import MODES as HOST_ALLOCATORS
+from src.engine.host_memory import set_host_allocator
 from src.utils.errors import UserError, user_error_types
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ CHOICES = {
     "resume": (None, "auto"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "trainer.host_allocator": HOST_ALLOCATORS,
     "scheduler.interval": ("epoch", "step"),
     "logger.mode": ("offline", "online", "disabled"),
     "dataset.on_missing": ("error", "skip"),
@@ -308,6 +311,7 @@ def run(cfg: DictConfig) -> float | None:
         import torch
 
         torch.set_num_threads(cfg.trainer.num_threads)
+    set_host_allocator(cfg.trainer.get("host_allocator", "keep"))
     seed_everything(cfg.get("seed"))
     task = build_task(cfg)
     trainer = Trainer(

@@ -48,6 +48,8 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # torch.compile backend (eager / aot_eager: for debugging)
     compile_dynamic: Optional[bool] = None  # torch.compile dynamic= (None: torch's automatic)
     channels_last: bool = False  # networks and 4-D batch tensors in NHWC memory order
+    host_allocator: str = "keep"  # keep | system: freed CPU memory stays for reuse (no page
+    # faults each step; src/engine/host_memory.py) or goes back to the OS (glibc's defaults)
 
 
 # ---- optimizers ------------------------------------------------------------------------------
