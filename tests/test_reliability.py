@@ -265,6 +265,7 @@ def test_predict_skips_unreadable_files_and_refuses_random_weights(tmp_path, dat
         ("trainer.precision=fp64", "trainer.precision=fp64 is not one of fp32, bf16, fp16"),
         ("trainer.accelerator=tpu", "trainer.accelerator=tpu is not one of auto, cpu, cuda"),
         ("scheduler.interval=batch", "scheduler.interval=batch is not one of epoch, step"),
+        ("trainer.host_allocator=tcmalloc", "trainer.host_allocator=tcmalloc is not one of keep"),
         ("resume=yes", "resume=yes is not one of null, auto"),
         ("logger=wandb logger.mode=live", "logger.mode=live is not one of offline, online"),
         ("model=retinaface dataset.landmark_policy=keep", "dataset.landmark_policy=keep is not"),
