@@ -3,7 +3,8 @@ optimizer step, the finite-loss check) for ``experiment=retinaface_mnet`` (Mobil
 batch 8 at 640) and ``experiment=ws_dan_cub`` (Inception-v3, batch 12 at 448), plain vs each
 speed option of ``trainer`` / ``optimizer``:
 
-    reference      the reference's own loop, written plainly: the same network and weights, its
+    reference      the reference's own loop, written plainly: the same network and weights (with
+                   its code where ours differs only in speed: RetinaFace's SSH), its
                    loss formulation (RetinaFace: the per-image matching port the tests use as
                    oracle, tests/retinaface/reference.py; WS-DAN: per-sample np.random.choice
                    of the two maps and the per-sample crop / drop loops, tests/ws_dan/oracles.py,
@@ -40,6 +41,7 @@ shows the options compute the same thing). Default one intra-op thread.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -203,9 +205,13 @@ def reference_face_step(trainer: Trainer, samples: list[dict], opt_cfg: dict):
     """Pytorch_Retinaface train.py's iteration: forward, MultiBoxLoss (per-image matching),
     ``loss = 2 * loss_l + loss_c + loss_landm``, zero_grad, backward, SGD step, and the printed
     loss values (three host reads) it logs every iteration."""
+    from src.models.retinaface.layers import SSH
     from tests.retinaface import reference as R
 
     net = trainer.task.net
+    for module in net.modules():  # its network code: SSH's ReLU over the concat
+        if isinstance(module, SSH):
+            module.forward = functools.partial(R.reference_ssh_forward, module)
     opt = _reference_sgd(net.parameters(), opt_cfg)
     images = trainer.bench_batch["image"]
     targets = [

@@ -239,3 +239,13 @@ def reference_prior_box(h, w, min_sizes=((16, 32), (64, 128), (256, 512)), steps
                 for cy, cx in product(dense_cy, dense_cx):
                     anchors += [cx, cy, s_kx, s_ky]
     return torch.Tensor(anchors).view(-1, 4)
+
+
+def reference_ssh_forward(ssh, x: torch.Tensor) -> torch.Tensor:
+    """Pytorch_Retinaface ``models/net.py`` ``SSH.forward`` on an ``src`` SSH module's layers:
+    the three branches concatenated, then one ReLU over the concatenation."""
+    conv3x3 = ssh.conv3X3(x)
+    conv5x5_1 = ssh.conv5X5_1(x)
+    conv5x5 = ssh.conv5X5_2(conv5x5_1)
+    conv7x7 = ssh.conv7x7_3(ssh.conv7X7_2(conv5x5_1))
+    return F.relu(torch.cat([conv3x3, conv5x5, conv7x7], dim=1))
