@@ -268,7 +268,7 @@ def test_ssh_equals_reference_concat_then_relu_with_dense_branch_gradients(memor
         inp = x.clone().requires_grad_()
         seen = []
 
-        def watch(module, inputs, output):  # the gradient its batch-norm backward node receives
+        def watch(module, inputs, output, seen=seen):  # what its batch-norm backward receives
             output.grad_fn.register_prehook(lambda g: seen.append(g[0]))
 
         branches = (ssh.conv3X3, ssh.conv5X5_2, ssh.conv7x7_3)
