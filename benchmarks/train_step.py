@@ -16,7 +16,9 @@ speed option of ``trainer`` / ``optimizer``:
     foreach        optimizer.foreach=true
     keep           + trainer.host_allocator=keep: the engine's defaults now (freed CPU memory
                    stays in the process; src/engine/host_memory.py)
-    channels_last  + trainer.channels_last=true
+    channels_last  + trainer.channels_last=true (on the CPU its 1x1 convolutions then run
+                   oneDNN's kernels: trainer.cpu_conv1x1=onednn, src/engine/pointwise_conv.py)
+    aten_1x1       channels_last with trainer.cpu_conv1x1=aten (ATen's one-thread GEMM path)
     compile        + trainer.compile=true (inductor; warm-up steps include the compilation)
     all            keep + channels_last + compile
 
@@ -79,6 +81,7 @@ OPTIONS = {  # each row's overrides; trainer.host_allocator picks the process it
     "foreach": {"trainer.host_allocator": "system"},
     "keep": {},  # the engine's defaults: foreach + host_allocator=keep
     "channels_last": {"trainer.channels_last": True},
+    "aten_1x1": {"trainer.channels_last": True, "trainer.cpu_conv1x1": "aten"},
     "compile": {"trainer.compile": True},
     "all": {"trainer.channels_last": True, "trainer.compile": True},
 }
@@ -178,6 +181,8 @@ def build_trainer(model: str, option: str, args, run_dir: Path) -> Trainer:
         seed=0,
         optimizer_cfg=OmegaConf.create(opt_cfg),
     )
+    trainer.bench_kernels = trainer.cpu_kernels()  # what fit() runs in, kept for its steps
+    trainer.bench_kernels.__enter__()
     trainer._setup_fit(None)
     trainer.task.train()
     trainer.bench_batch = task.collate(samples)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.engine.host_memory import MODES as HOST_ALLOCATORS
 from src.engine.host_memory import set_host_allocator
+from src.engine.pointwise_conv import CHOICES as CPU_CONV1X1
 from src.utils.errors import UserError, user_error_types
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ CHOICES = {
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "trainer.host_allocator": HOST_ALLOCATORS,
+    "trainer.cpu_conv1x1": CPU_CONV1X1,
     "scheduler.interval": ("epoch", "step"),
     "logger.mode": ("offline", "online", "disabled"),
     "dataset.on_missing": ("error", "skip"),

@@ -266,6 +266,7 @@ def test_predict_skips_unreadable_files_and_refuses_random_weights(tmp_path, dat
         ("trainer.accelerator=tpu", "trainer.accelerator=tpu is not one of auto, cpu, cuda"),
         ("scheduler.interval=batch", "scheduler.interval=batch is not one of epoch, step"),
         ("trainer.host_allocator=tcmalloc", "trainer.host_allocator=tcmalloc is not one of keep"),
+        ("trainer.cpu_conv1x1=mkl", "trainer.cpu_conv1x1=mkl is not one of onednn, aten"),
         ("resume=yes", "resume=yes is not one of null, auto"),
         ("logger=wandb logger.mode=live", "logger.mode=live is not one of offline, online"),
         ("model=retinaface dataset.landmark_policy=keep", "dataset.landmark_policy=keep is not"),

@@ -50,6 +50,8 @@ class TrainerConfig:
     channels_last: bool = False  # networks and 4-D batch tensors in NHWC memory order
     host_allocator: str = "keep"  # keep | system: freed CPU memory stays for reuse (no page
     # faults each step; src/engine/host_memory.py) or goes back to the OS (glibc's defaults)
+    cpu_conv1x1: str = "onednn"  # onednn | aten: the 1x1 convolutions of channels_last CPU
+    # training run oneDNN's kernels, not ATen's one-thread GEMM path (src/engine/pointwise_conv.py)
 
 
 # ---- optimizers ------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from .checkpoint import CheckpointError, load, nonfinite_entries, save_atomic, t
 from .data import DeviceLoader, batch_size_of, batches, make_loader, to_device
 from .ema import EMA
 from .optim import NonFiniteLossError, Optimization, build_optimizers, build_schedulers
+from .pointwise_conv import check as check_cpu_conv1x1
+from .pointwise_conv import onednn_pointwise_convs
 from .seed import rng_state, set_rng_state
 from .signals import StopRequest
 
@@ -122,6 +124,7 @@ class Trainer:
         self.channels_last = bool(cfg.get("channels_last", False))
         if self.channels_last:  # 4-D weights NHWC; 4-D batch tensors follow in to_device
             self.task.to(memory_format=torch.channels_last)
+        self.cpu_conv1x1 = check_cpu_conv1x1(cfg.get("cpu_conv1x1", "onednn"))
         self.compile_kwargs = compile_options(
             cfg.get("compile", False),
             cfg.get("compile_backend", "inductor"),
@@ -377,8 +380,21 @@ class Trainer:
             if when == interval:
                 scheduler.step()
 
+    def cpu_kernels(self):
+        """The context training runs in: with ``trainer.cpu_conv1x1=onednn`` (the default) a
+        channels_last network's 1x1 convolutions run oneDNN's kernels on the CPU, not ATen's
+        single-thread GEMM path (src/engine/pointwise_conv.py); the modules are as configured
+        again after it."""
+        if self.device.type == "cpu" and self.channels_last and self.cpu_conv1x1 == "onednn":
+            return onednn_pointwise_convs([self.task])
+        return nullcontext()
+
     def fit(self, ckpt_path: str | None = None) -> dict[str, Any]:
         """Train until ``max_steps`` / ``max_epochs`` or a stop signal; returns the summary."""
+        with self.cpu_kernels():
+            return self._fit(ckpt_path)
+
+    def _fit(self, ckpt_path: str | None) -> dict[str, Any]:
         self._setup_fit(ckpt_path)
         stop = "completed"
         self.task.train()
