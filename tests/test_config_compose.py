@@ -111,6 +111,8 @@ def test_ws_dan_paper_recipe():
     o, s = cfg.optimizer, cfg.scheduler
     assert (o._target_, o.lr, o.momentum, o.weight_decay) == ("torch.optim.SGD", 1e-3, 0.9, 1e-5)
     assert (s._target_.endswith("StepLR"), s.step_size, s.gamma) == (True, 2, 0.9)
+    assert cfg.trainer.channels_last  # measured faster (benchmarks/train_step.py)
+    assert cfg.trainer.cpu_conv1x1 == "onednn"
 
 
 @pytest.mark.parametrize(
