@@ -14,14 +14,16 @@ speed option of ``trainer`` / ``optimizer``:
     loop           the engine with the old defaults: optimizer.foreach=false, no compile,
                    contiguous memory, trainer.host_allocator=system (glibc's defaults)
     foreach        optimizer.foreach=true
-    keep           + trainer.host_allocator=keep: the engine's defaults now (freed CPU memory
-                   stays in the process; src/engine/host_memory.py)
-    channels_last  + trainer.channels_last=true (on the CPU its 1x1 convolutions then run
-                   oneDNN's kernels: trainer.cpu_conv1x1=onednn, src/engine/pointwise_conv.py)
+    keep           + trainer.host_allocator=keep: the engine's defaults (freed CPU memory
+                   stays in the process; src/engine/host_memory.py), contiguous memory
+    channels_last  + trainer.channels_last=true, both recipes' default (on the CPU its 1x1
+                   convolutions then run oneDNN's kernels: trainer.cpu_conv1x1=onednn,
+                   src/engine/pointwise_conv.py)
     aten_1x1       channels_last with trainer.cpu_conv1x1=aten (ATen's one-thread GEMM path)
     compile        + trainer.compile=true (inductor; warm-up steps include the compilation)
     all            keep + channels_last + compile
 
+The reference, loop, foreach and keep rows run contiguous (NCHW), whatever the recipe says.
 The reference, loop and foreach rows run with glibc's own allocator settings, as the reference
 repos do, the others with ``keep``: two worker processes, one per setting (it is process-wide),
 driven round-robin by this one, one step at a time.
@@ -76,13 +78,19 @@ EXPERIMENTS = {
     "ws_dan": ("ws_dan_cub", 12, 448),
 }
 OPTIONS = {  # each row's overrides; trainer.host_allocator picks the process it runs in
-    "reference": {"foreach": False, "trainer.host_allocator": "system"},
-    "loop": {"foreach": False, "trainer.host_allocator": "system"},
-    "foreach": {"trainer.host_allocator": "system"},
-    "keep": {},  # the engine's defaults: foreach + host_allocator=keep
+    # every row sets the memory layout itself: the recipes' own (channels_last in both) would
+    # otherwise leak into the rows meant to run without it, the reference's included
+    "reference": {
+        "foreach": False,
+        "trainer.host_allocator": "system",
+        "trainer.channels_last": False,
+    },
+    "loop": {"foreach": False, "trainer.host_allocator": "system", "trainer.channels_last": False},
+    "foreach": {"trainer.host_allocator": "system", "trainer.channels_last": False},
+    "keep": {"trainer.channels_last": False},  # the engine's defaults: foreach + keep
     "channels_last": {"trainer.channels_last": True},
     "aten_1x1": {"trainer.channels_last": True, "trainer.cpu_conv1x1": "aten"},
-    "compile": {"trainer.compile": True},
+    "compile": {"trainer.channels_last": False, "trainer.compile": True},
     "all": {"trainer.channels_last": True, "trainer.compile": True},
 }
 
