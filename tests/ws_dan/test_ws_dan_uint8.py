@@ -18,7 +18,9 @@ from src.tasks.ws_dan import WSDANTask
 
 # The saturation step's grey value is a 3-term float32 dot product: NumPy's matmul may sum it in
 # another order (or with FMA) than the three device products, a few ulps of values in [0, 1]
-# (1e-6 after the division by the ImageNet std). Observed here: 0 (bit-identical). Without the
+# (1e-6 after the division by the ImageNet std). Observed: bit-identical on an AVX2 machine; on
+# an AVX-512 one 95 % of values bit-identical, the rest at most 7.2e-7 off, 1e-8 on average
+# (NumPy's kernels there use FMA). Without the
 # saturation step (evaluation, brightness only) every operation is the same correctly rounded
 # float32 operation in the same order: bit-identical on every device.
 SATURATION_ATOL = 1e-6
@@ -55,6 +57,7 @@ def test_eval_samples_bit_identical(root, size):
 def test_train_samples_same_draws_within_tolerance(root):
     fl, u8 = pair(root)
     equal = total = 0
+    abs_sum = 0.0
     for i in range(len(fl["train"])):
         for epoch in range(4):
             ra, rb = np.random.default_rng([9, epoch, i]), np.random.default_rng([9, epoch, i])
@@ -64,8 +67,10 @@ def test_train_samples_same_draws_within_tolerance(root):
             got = finished(b)
             torch.testing.assert_close(got, a["image"], rtol=0, atol=SATURATION_ATOL)
             equal += int((got == a["image"]).sum())
+            abs_sum += float((got.double() - a["image"].double()).abs().sum())
             total += got.numel()
-    assert equal / total > 0.99  # nearly every value bit-identical
+    assert equal / total > 0.9  # most values bit-identical (see SATURATION_ATOL)
+    assert abs_sum / total < 1e-7  # the rest off by rounding, not by a shift of the whole image
 
 
 def test_without_saturation_train_samples_bit_identical(root):
