@@ -153,6 +153,7 @@ def test_the_trainer_steers_only_channels_last_cpu_training_and_only_during_fit(
     assert aten.seen == [(1, 1)] * 3
     plain, plain_losses = _fit(tmp_path / "c")
     assert plain.seen == [(1, 1)] * 3
+    assert len(losses) == len(aten_losses) == len(plain_losses) == 3
     np.testing.assert_allclose(losses, aten_losses, rtol=1e-4)
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-4)
 
