@@ -5,8 +5,9 @@ ATen picks a float32 CPU convolution's kernel by a fixed rule (``ConvParams::use
 its own GEMM path (``_slow_conv2d_forward`` / ``_backward``) and everything else to oneDNN. The
 rule's comment says the GEMM path is faster single-threaded; on NHWC tensors it is not here:
 oneDNN's forward + backward of the 1x1 convolutions of MobileNet-0.25 and Inception-v3 measured
-1.0-1.4x faster (``benchmarks/train_step.py``, the ``aten_1x1`` row), and a RetinaFace step
-1.10x. That regime is not rare: torchrun's CPU processes run one thread each by default.
+1.0-1.4x faster one by one, a RetinaFace step 1.10x (``benchmarks/train_step.py``: the
+``channels_last`` row against ``aten_1x1``). That regime is not rare: torchrun's CPU
+processes run one thread each by default.
 
 ``onednn`` (the default) steers those convolutions to oneDNN through the one input of the rule
 that cannot change their output: a 1x1 kernel reads one input point whatever its dilation, so
@@ -41,17 +42,17 @@ def steerable(module: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def onednn_pointwise_convs(modules: list[nn.Module]) -> Iterator[int]:
-    """Within the block, every 1x1 convolution of ``modules`` runs oneDNN's kernels on the CPU
+def onednn_pointwise_convs(root: nn.Module) -> Iterator[int]:
+    """Within the block, every 1x1 convolution of ``root`` runs oneDNN's kernels on the CPU
     (dilation 2, the same function); afterwards each has its own dilation back. Yields how
     many convolutions it steered."""
-    convs = {id(m): m for root in modules for m in root.modules() if steerable(m)}
-    for conv in convs.values():
+    convs = [m for m in root.modules() if steerable(m)]  # each module once, shared ones too
+    for conv in convs:
         conv.dilation = (2, 2)
     try:
         yield len(convs)
     finally:
-        for conv in convs.values():
+        for conv in convs:
             conv.dilation = (1, 1)
 
 

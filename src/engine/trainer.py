@@ -386,7 +386,7 @@ class Trainer:
         single-thread GEMM path (src/engine/pointwise_conv.py); the modules are as configured
         again after it."""
         if self.device.type == "cpu" and self.channels_last and self.cpu_conv1x1 == "onednn":
-            return onednn_pointwise_convs([self.task])
+            return onednn_pointwise_convs(self.task)
         return nullcontext()
 
     def fit(self, ckpt_path: str | None = None) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def test_steered_pointwise_convs_leave_atens_gemm_path_and_come_back(one_thread)
     assert [steerable(m) for m in net] == [False] * 3 + [True, False, False, True] + [False] * 4
     plain_ops, plain_out, plain_grads = _ops_of_a_step(net, x)
     assert {"aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward"} <= plain_ops
-    with onednn_pointwise_convs([net]) as steered:
+    with onednn_pointwise_convs(net) as steered:
         assert steered == 2 and net[3].dilation == (2, 2) and net[7].dilation == (3, 3)
         ops, out, grads = _ops_of_a_step(net, x)
     assert not {o for o in ops if "slow_conv2d" in o}
