@@ -5,11 +5,17 @@ on the same networks.
     python benchmarks/gan.py --size 64 --batches 1 --repeats 1   # a quick check of every row
 
 "ours" is the Task's ``training_step`` through the engine's ``Optimization`` (each backward
-restricted to its own optimizer group's parameters). "reference" is the same step as
+restricted to its own optimizer group's parameters), its optimizers built by the engine's
+``build_optimizers`` (so its default implementation: fused Adam), in a process with the
+engine's default ``trainer.host_allocator=keep``. "reference" is the same step as
 junyanz/pytorch-CycleGAN-and-pix2pix writes ``optimize_parameters``: ``set_requires_grad`` on
-the discriminators, ``loss.backward()`` over the whole graph, ``optimizer.step()`` — on a deep
-copy of the same networks, with the same Adam settings. Both start from equal weights; the
-first step's losses are printed side by side so a reader sees the same computation ran.
+the discriminators, ``loss.backward()`` over the whole graph, ``optimizer.step()`` (torch's
+default on CPU: the per-parameter loop), with the same settings, in a process with glibc's
+own allocator settings, as the reference repos run (``--reference-allocator`` /
+``--ours-allocator`` change either; equal modes share one process). Each side builds the same
+networks from one seed, so both start from equal weights; the first step's losses are printed
+side by side so a reader sees the same computation ran. The two worker processes
+(benchmarks/_workers.py) are timed round-robin, one call of each phase per round.
 
 Networks at the papers' sizes: pix2pix U-Net 256 + 70x70 PatchGAN (BatchNorm); CycleGAN two
 ResNet-9 generators + two PatchGANs (InstanceNorm, pools of 50); pix2pixHD's global generator
@@ -75,7 +81,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.engine.optim import Optimization  # noqa: E402
+from benchmarks._workers import Workers, serve  # noqa: E402
+from src.engine.host_memory import MODES  # noqa: E402
+from src.engine.optim import Optimization, build_optimizers  # noqa: E402
 from src.losses.cyclegan import CycleGANLoss  # noqa: E402
 from src.losses.deblurgan import DeblurGANLoss, DeblurGANv2Loss  # noqa: E402
 from src.losses.dpe import DPELoss  # noqa: E402
@@ -94,17 +102,13 @@ from src.tasks.pix2pix import Pix2PixTask  # noqa: E402
 from src.tasks.pix2pixhd import Pix2PixHDTask  # noqa: E402
 from src.tasks.wgan import WGANGPTask, WGANTask  # noqa: E402
 
-ADAM = dict(lr=2e-4, betas=(0.5, 0.999))
+_adam = partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))  # junyanz: G and D
 
 
 def set_requires_grad(nets, flag):
     for net in nets:
         for p in net.parameters():
             p.requires_grad = flag
-
-
-def _adam(params):
-    return torch.optim.Adam(params, **ADAM)
 
 
 # ---- pix2pix ------------------------------------------------------------------------------
@@ -517,7 +521,7 @@ class Trainer:
     task: Callable  # size -> Task (networks at the papers' sizes)
     reference: Callable  # Task -> step (or {phase: step}) on deep copies of its networks
     what: str
-    optimizer: Callable = _adam  # params -> optimizer (both sides)
+    optimizer: partial = _adam  # partial(torch.optim.X, **settings), both sides
     layout: str = "pair"  # batch: "pair" ({"A", "B"}) or "images" ({"image"})
     input_nc: int = 3
     size: int | None = None  # a fixed image size (else --size)
@@ -588,9 +592,18 @@ def _merge(outs):
     return merged
 
 
+def engine_config(optimizer: partial) -> dict:
+    """The engine's optimizer config of ``partial(torch.optim.X, **settings)``: ours builds its
+    optimizers from it as the Trainer does, so the engine's default implementation applies
+    (fused SGD / Adam; the reference runs torch's own default, its per-parameter loop)."""
+    return {"_target_": f"torch.optim.{optimizer.func.__name__}", **optimizer.keywords}
+
+
 def ours(task, optimizer=_adam, steps=1):
     groups = task.optimizer_groups()
-    opt = Optimization({n: optimizer(p) for n, p in groups.items()}, device=torch.device("cpu"))
+    opt = Optimization(
+        build_optimizers(groups, engine_config(optimizer)), device=torch.device("cpu")
+    )
     opt.listeners.append(task.on_after_optimizer_step)  # as the engine (WGAN's clipping)
 
     def step(batch):
@@ -625,31 +638,73 @@ def _close(a, b, rel=1e-4, abs_=1e-6):
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
 
 
-def trainer_rows(name, args, problems):
+def build_side(name: str, side: str, bs: int, size: int) -> tuple[dict, dict]:
+    """``({phase: step}, batch)`` of one side (``reference`` | ``ours``) of a trainer's row:
+    the networks from seed 0 (equal weights in every process), the batch from seed 1."""
+    trainer = TRAINERS[name]
+    torch.manual_seed(0)
+    task = trainer.task(size).train()
+    if side == "reference":
+        steps = trainer.reference(task)  # deep copies of the networks
+        steps = steps if isinstance(steps, dict) else {"step": steps}
+    else:
+        mine = ours(task, trainer.optimizer, trainer.steps)
+        steps = trainer.phases(task, mine) if trainer.phases else {"step": mine}
+    return steps, {"batch": make_batch(trainer, bs, size), "cycle": trainer.cycle(task)}
+
+
+def worker(mode: str, args) -> None:
+    """A worker process (benchmarks/_workers.py): ``build SIDE NAME BS SIZE`` builds a row's
+    side and runs its first cycle phase (seed 2), answering the losses and the cycle;
+    ``time SIDE PHASE`` times one call of that phase."""
+    torch.set_num_threads(args.threads)
+    logging.getLogger("src.losses.deblurgan").setLevel(logging.ERROR)
+    built: dict[str, tuple[dict, dict]] = {}
+
+    def handle(words: list[str]) -> dict:
+        if words[0] == "build":
+            side, name, bs, size = words[1], words[2], int(words[3]), int(words[4])
+            built[side] = steps, extra = build_side(name, side, bs, size)
+            torch.manual_seed(2)
+            losses = steps[extra["cycle"][0][0]](extra["batch"])
+            return {"losses": losses, "cycle": extra["cycle"]}
+        side, phase = words[1], words[2]
+        steps, extra = built[side]
+        t = time.perf_counter()
+        steps[phase](extra["batch"])
+        return {"seconds": time.perf_counter() - t}
+
+    serve(mode, handle)
+
+
+def trainer_rows(name, args, problems, workers):
+    """Rows of one trainer, one per batch size: each side in the worker of its allocator mode,
+    timed round-robin (one call of every phase of either side per round)."""
     trainer, rows = TRAINERS[name], []
     size = trainer.size or max(args.size, trainer.min_size)
+    modes = {"reference": args.reference_allocator, "ours": args.ours_allocator}
     for bs in args.batches:
-        torch.manual_seed(0)
-        task = trainer.task(size).train()
-        reference = trainer.reference(task)  # copies the networks before our first step
-        reference = reference if isinstance(reference, dict) else {"step": reference}
-        mine = ours(task, trainer.optimizer, trainer.steps)
-        mine = trainer.phases(task, mine) if trainer.phases else {"step": mine}
-        cycle = trainer.cycle(task)
-        batch = make_batch(trainer, bs, size)
-        first = cycle[0][0]
-        torch.manual_seed(2)
-        first_ref = reference[first](batch)
-        torch.manual_seed(2)
-        first_ours = mine[first](batch)
+        first = {
+            side: workers.ask(mode, "build", side, name, str(bs), str(size))
+            for side, mode in modes.items()
+        }
+        first_ref, first_ours = first["reference"]["losses"], first["ours"]["losses"]
         same = {k: (f"{first_ref[k]:.6g}", f"{first_ours[k]:.6g}") for k in first_ref}
         equal = all(_close(first_ref[k], first_ours[k]) for k in first_ref)
         if not equal:
             problems.append(f"{name} batch {bs}: first-cycle losses differ {same}")
         verdict = "equal" if equal else "DIFFER"
         print(f"{name} batch {bs}: first-cycle losses (reference, ours) {same}: {verdict}")
-        t_ref = sum(n * timed(reference[p], batch, args.repeats) for p, n in cycle)
-        t_ours = sum(n * timed(mine[p], batch, args.repeats) for p, n in cycle)
+        cycle = first["ours"]["cycle"]
+        times = {(side, p): [] for side in modes for p, _ in cycle}
+        for _ in range(args.repeats):
+            for phase, _ in cycle:
+                for side, mode in modes.items():
+                    answer = workers.ask(mode, "time", side, phase)
+                    times[side, phase].append(answer["seconds"])
+        t_ref, t_ours = (
+            sum(n * statistics.median(times[side, p]) for p, n in cycle) for side in modes
+        )
         images = bs * trainer.steps * sum(n for _, n in cycle)
         rows.append(
             (f"{name} ({trainer.what}), batch {bs} at {size}", images / t_ref, images / t_ours)
@@ -712,16 +767,35 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gp-batch", type=int, default=64, help="batch of the gradient_penalty row")
     ap.add_argument("--only", nargs="*", default=None, choices=ROWS, help="a subset of the rows")
+    ap.add_argument(
+        "--reference-allocator",
+        default="system",
+        choices=MODES,
+        help="glibc's settings for the reference rows (system: as the reference repos run)",
+    )
+    ap.add_argument(
+        "--ours-allocator",
+        default="keep",
+        choices=MODES,
+        help="for our rows (keep: the engine's default trainer.host_allocator)",
+    )
+    ap.add_argument("--allocator", help=argparse.SUPPRESS)  # internal: a worker process
     args = ap.parse_args()
+    if args.allocator:
+        return worker(args.allocator, args)
     torch.set_num_threads(args.threads)
-    logging.getLogger("src.losses.deblurgan").setLevel(logging.ERROR)  # "L1 content": said above
     rows, problems = [], []
-    for name in args.only or ROWS:
-        if name == "gradient_penalty":
-            rows += gradient_penalty_rows(args, problems)
-        else:
-            rows += trainer_rows(name, args, problems)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} cycles")
+    argv = [sys.executable, __file__, "--threads", str(args.threads)]
+    with Workers(argv, [args.reference_allocator, args.ours_allocator]) as workers:
+        for name in args.only or ROWS:
+            if name == "gradient_penalty":
+                rows += gradient_penalty_rows(args, problems)
+            else:
+                rows += trainer_rows(name, args, problems, workers)
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} cycles; "
+        f"allocator: reference {args.reference_allocator}, ours {args.ours_allocator}"
+    )
     print("| training step | reference step order | ours | ratio |\n|---|---|---|---|")
     for what, r, o in rows:
         print(f"| {what} | {r:.2f} img/s | {o:.2f} img/s | {o / r:.2f}x |")

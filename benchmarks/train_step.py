@@ -13,7 +13,8 @@ speed option of ``trainer`` / ``optimizer``:
                    reads of the losses it logs every step
     loop           the engine with the old defaults: optimizer.foreach=false, no compile,
                    contiguous memory, trainer.host_allocator=system (glibc's defaults)
-    foreach        optimizer.foreach=true
+    foreach        optimizer.foreach=true (torch's multi-tensor path)
+    fused          optimizer.fused=true, the engine's default for SGD / Adam / AdamW
     keep           + trainer.host_allocator=keep: the engine's defaults (freed CPU memory
                    stays in the process; src/engine/host_memory.py), contiguous memory
     channels_last  + trainer.channels_last=true, both recipes' default (on the CPU its 1x1
@@ -23,13 +24,13 @@ speed option of ``trainer`` / ``optimizer``:
     compile        + trainer.compile=true (inductor; warm-up steps include the compilation)
     all            keep + channels_last + compile
 
-The reference, loop, foreach and keep rows run contiguous (NCHW), whatever the recipe says.
-The reference, loop and foreach rows run with glibc's own allocator settings, as the reference
-repos do, the others with ``keep``: two worker processes, one per setting (it is process-wide),
-driven round-robin by this one, one step at a time.
+The reference, loop, foreach, fused and keep rows run contiguous (NCHW), whatever the recipe
+says. The reference, loop, foreach and fused rows run with glibc's own allocator settings, as
+the reference repos do, the others with ``keep``: two worker processes, one per setting (it is
+process-wide; benchmarks/_workers.py), driven round-robin by this one, one step at a time.
 
     python benchmarks/train_step.py [--models retinaface,ws_dan] [--batch N] [--size N]
-        [--steps 5] [--warmup 2] [--options reference,loop,foreach,keep,channels_last,...]
+        [--steps 5] [--warmup 2] [--options reference,loop,foreach,fused,keep,...]
         [--ws-backbone inception_v3] [--threads 1] [--device cpu|cuda]
 
 ``--batch`` / ``--size`` replace both models' defaults (for a quick check:
@@ -46,14 +47,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from subprocess import PIPE
 
 import torch
 
@@ -64,10 +62,11 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarks._workers import Workers, serve  # noqa: E402
 from benchmarks.retinaface import make_targets  # noqa: E402
 from src.config import register_configs  # noqa: E402
 from src.data.base import SampleDataset  # noqa: E402
-from src.engine.host_memory import minor_page_faults, set_host_allocator  # noqa: E402
+from src.engine.host_memory import minor_page_faults  # noqa: E402
 from src.engine.seed import seed_everything  # noqa: E402
 from src.engine.trainer import Trainer  # noqa: E402
 from src.logging import RunLogger  # noqa: E402
@@ -86,8 +85,13 @@ OPTIONS = {  # each row's overrides; trainer.host_allocator picks the process it
         "trainer.channels_last": False,
     },
     "loop": {"foreach": False, "trainer.host_allocator": "system", "trainer.channels_last": False},
-    "foreach": {"trainer.host_allocator": "system", "trainer.channels_last": False},
-    "keep": {"trainer.channels_last": False},  # the engine's defaults: foreach + keep
+    "foreach": {
+        "foreach": True,
+        "trainer.host_allocator": "system",
+        "trainer.channels_last": False,
+    },
+    "fused": {"trainer.host_allocator": "system", "trainer.channels_last": False},
+    "keep": {"trainer.channels_last": False},  # the engine's defaults: fused + keep
     "channels_last": {"trainer.channels_last": True},
     "aten_1x1": {"trainer.channels_last": True, "trainer.cpu_conv1x1": "aten"},
     "compile": {"trainer.channels_last": False, "trainer.compile": True},
@@ -316,28 +320,27 @@ def step(trainer: Trainer) -> tuple[float, float]:
 
 
 def worker(model: str, mode: str, args) -> None:
-    """One process per allocator mode (``set_host_allocator`` is process-wide, and a
-    ``system`` row's frees would hand a ``keep`` row's memory back to the OS): builds rows and
-    times steps as the parent asks, one JSON line per answer on stdout."""
-    set_host_allocator(mode)
+    """One process per allocator mode (benchmarks/_workers.py): builds rows and times steps
+    as the parent asks."""
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix=f"train_step_{mode}_"))
     trainers = {}
-    for line in sys.stdin:
-        command, option = line.split()
+
+    def handle(words: list[str]) -> dict:
+        command, option = words
         if command == "build":
             # every row starts from the same weights and sees the same batch: its first loss
             # is comparable; its warm-up steps (compilation for compile rows) are not timed
             trainers[option] = build_trainer(model, option, args, tmp / option)
             t0 = time.perf_counter()
             loss = [step(trainers[option])[1] for _ in range(args.warmup)][0]
-            answer = {"loss": loss, "warmup_s": time.perf_counter() - t0}
-        else:
-            faults = minor_page_faults()
-            seconds, _ = step(trainers[option])
-            answer = {"seconds": seconds, "faults": minor_page_faults() - faults}
-        print("@" + json.dumps(answer), flush=True)
+            return {"loss": loss, "warmup_s": time.perf_counter() - t0}
+        faults = minor_page_faults()
+        seconds, _ = step(trainers[option])
+        return {"seconds": seconds, "faults": minor_page_faults() - faults}
+
+    serve(mode, handle)
 
 
 def bench_model(model: str, args) -> list[tuple]:
@@ -348,21 +351,11 @@ def bench_model(model: str, args) -> list[tuple]:
     argv += ["--batch", str(args.batch), "--size", str(args.size), "--warmup", str(args.warmup)]
     argv += ["--ws-backbone", args.ws_backbone, "--threads", str(args.threads)]
     argv += ["--device", args.device]
-    workers = {
-        m: subprocess.Popen([*argv, "--allocator", m], stdin=PIPE, stdout=PIPE, text=True)
-        for m in modes
-    }
+    with Workers(argv, modes) as workers:
 
-    def ask(option: str, command: str) -> dict:
-        proc = workers[allocator_of(option)]
-        proc.stdin.write(f"{command} {option}\n")
-        proc.stdin.flush()
-        for line in proc.stdout:
-            if line.startswith("@"):
-                return json.loads(line[1:])
-        raise RuntimeError(f"the {allocator_of(option)} worker died building / timing {option}")
+        def ask(option: str, command: str) -> dict:
+            return workers.ask(allocator_of(option), command, option)
 
-    try:
         built = {option: ask(option, "build") for option in args.options}
         times: dict[str, list[float]] = {o: [] for o in args.options}
         faults: dict[str, list[int]] = {o: [] for o in args.options}
@@ -371,10 +364,6 @@ def bench_model(model: str, args) -> list[tuple]:
                 answer = ask(option, "step")
                 times[option].append(answer["seconds"])
                 faults[option].append(answer["faults"])
-    finally:
-        for proc in workers.values():
-            proc.stdin.close()
-            proc.wait()
     rows = []
     base = statistics.median(times["reference" if "reference" in times else args.options[0]])
     images = args.batch or EXPERIMENTS[model][1]

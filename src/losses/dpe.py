@@ -25,9 +25,11 @@ image (``x = 2 x01 - 1``, so ``d/d(x01) = 2 d/dx``: twice the norm), and the ide
 cycle MSEs are taken on [0, 1] too (``/ 4``), so every weight and bound means what it means in
 the authors' code. The interpolates and the penalty of the gradient are the shared ones
 (``src.losses.gan.interpolates`` / ``penalty_of_gradient``, one-sided, power 1); what
-``one_sided_penalty`` adds is that the critic sees real, fake and interpolates in ONE forward,
-so a DDP-wrapped critic runs once per step (no batch-mixing layers, so this equals three
-forwards).
+``one_sided_penalty`` adds is that the critic sees real and fake in one forward and the
+interpolates in a second (no batch-mixing layers, so this equals the authors' three forwards):
+the penalty's double backward then runs through the interpolates' forward only. (One forward
+of all three, as here before, made it run over three times the batch: the DPE step measured
+0.79x of the authors' loop; ``benchmarks/gan.py --only dpe``.)
 
 A-WGAN adaptive lambda (``AdaptiveLambda``, one per critic, buffers in the state dict): after
 every critic update the moving average ``m = 0.99 m + 0.01 P`` (``P`` = the penalty without
@@ -67,7 +69,8 @@ def one_sided_penalty(
     power: int = 1,
     grad_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(scores_real, scores_fake, P)`` from one critic forward on ``cat(real, fake, x_hat)``.
+    """``(scores_real, scores_fake, P)`` from a critic forward on ``cat(real, fake)`` and one
+    on ``x_hat``.
 
     ``P = mean(max(0, grad_scale * ||grad_x critic(x_hat)|| - 1) ** power)`` with ``x_hat =
     alpha * real + (1 - alpha) * fake.detach()`` (``alpha`` (B, 1, 1, 1), drawn from torch's
@@ -77,12 +80,12 @@ def one_sided_penalty(
     b = real.shape[0]
     fake = fake.detach()
     x_hat = interpolates(real, fake, alpha, "sample").requires_grad_(True)
-    scores = critic(torch.cat([real, fake, x_hat], 0))
-    if scores.shape[0] != 3 * b:
+    scores, scores_hat = critic(torch.cat([real, fake], 0)), critic(x_hat)
+    if scores.shape[0] != 2 * b or scores_hat.shape[0] != b:
         raise ValueError(f"the critic must give one score per image, got {tuple(scores.shape)}")
-    (grad,) = torch.autograd.grad(scores[2 * b :].sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(scores_hat.sum(), x_hat, create_graph=True)
     penalty = penalty_of_gradient(grad, one_sided=True, power=power, scale=grad_scale)
-    return scores[:b], scores[b : 2 * b], penalty
+    return scores[:b], scores[b:], penalty
 
 
 class AdaptiveLambda(nn.Module):

@@ -6,6 +6,7 @@ host read in ``backward``. Each option must give the eager / contiguous / for-lo
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 
 import numpy as np
@@ -275,37 +276,67 @@ CASES = [
 ]
 
 
-def _run_optimizer(schema, options, impl, steps=6):
+def _run_optimizer(schema, options, impl, steps=6, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     shapes = [(8, 3, 3, 3), (8,), (5, 8), (5,), (1,)]
-    params = [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    params = [nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
     cfg = OmegaConf.merge(OmegaConf.structured(schema), options, impl)
     opt = build_optimizers({"main": params}, cfg)["main"]
     for _ in range(steps):
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g)
+            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
         opt.step()
     return opt, [p.detach().clone() for p in params]
 
 
+def _flags(opt) -> tuple:
+    group = opt.param_groups[0]
+    return group.get("foreach"), group.get("fused")
+
+
 @pytest.mark.parametrize("schema,options", CASES, ids=lambda v: getattr(v, "__name__", ""))
-def test_foreach_and_fused_give_the_for_loop_parameters(schema, options):
+def test_the_default_implementation_gives_the_for_loop_parameters(schema, options):
+    """Both flags null: fused where torch has it (SGD, Adam, AdamW), else foreach (RMSprop).
+    Oracle: torch's per-parameter loop (``foreach=false``), in float64 to 1e-12 and in
+    float32 to 2e-6 after six steps (the fused Adam kernels reorder float operations; SGD's and
+    foreach's are the loop's arithmetic)."""
     loop_opt, loop = _run_optimizer(schema, options, {"foreach": False})
-    assert loop_opt.param_groups[0]["foreach"] is False
+    assert _flags(loop_opt) == (False, None)
     default_opt, default = _run_optimizer(schema, options, {})
-    assert default_opt.param_groups[0]["foreach"] is True  # the engine's default, also on CPU
-    # foreach on the CPU is the for-loop's arithmetic, bit for bit: the default changes no
-    # number any run or learning test was tuned on
+    fusable = "fused" in OmegaConf.structured(schema)
+    assert _flags(default_opt) == ((None, True) if fusable else (True, None))
     for a, b in zip(default, loop):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6)
+    _, loop64 = _run_optimizer(schema, options, {"foreach": False}, dtype=torch.float64)
+    _, default64 = _run_optimizer(schema, options, {}, dtype=torch.float64)
+    for a, b in zip(default64, loop64):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    foreach_opt, foreach = _run_optimizer(schema, options, {"foreach": True})
+    assert _flags(foreach_opt) == (True, None)
+    for a, b in zip(foreach, loop):  # foreach on the CPU is the loop's arithmetic, bit for bit
         assert torch.equal(a, b)
-    if "fused" in OmegaConf.structured(schema):
-        fused_opt, fused = _run_optimizer(schema, options, {"fused": True})
-        assert fused_opt.param_groups[0]["fused"] is True
-        assert fused_opt.param_groups[0]["foreach"] is None
-        for a, b in zip(fused, loop):  # fused kernels may reorder float operations
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if fusable:  # fused=false alone asks for the multi-tensor path, not torch's loop
+        assert _flags(_run_optimizer(schema, options, {"fused": False}, steps=0)[0]) == (
+            True,
+            False,
+        )
     _, moved = _run_optimizer(schema, options, {"foreach": False}, steps=1)
     assert not any(torch.equal(a, b) for a, b in zip(loop, moved))  # the steps did something
+
+
+def test_fused_is_the_default_only_where_torch_has_the_kernels():
+    sgd = OmegaConf.structured(SGDConfig)
+    floats = [nn.Parameter(torch.zeros(2))]
+    assert _flags(build_optimizers({"main": floats}, sgd)["main"]) == (None, True)
+    # a parameter group list (YOLOv3's weight-decay groups) is looked into
+    groups = [{"params": floats}, {"params": [nn.Parameter(torch.zeros(3))], "weight_decay": 0}]
+    assert _flags(build_optimizers({"main": groups}, sgd)["main"]) == (None, True)
+    # a meta tensor has no fused kernel: the multi-tensor path instead
+    meta = [nn.Parameter(torch.zeros(2, device="meta"))]
+    assert _flags(build_optimizers({"main": meta}, sgd)["main"]) == (True, None)
+    # Adagrad has fused kernels on fewer devices: the engine leaves it on foreach
+    ada = {"_target_": "torch.optim.Adagrad", "lr": 0.1}
+    assert _flags(build_optimizers({"main": floats}, ada)["main"]) == (True, None)
 
 
 def test_implementation_flags_refuse_what_torch_cannot_do():
@@ -324,6 +355,14 @@ def test_implementation_flags_refuse_what_torch_cannot_do():
     )
     assert opts["G"].param_groups[0]["fused"] is True
     assert opts["D"].param_groups[0]["foreach"] is True
+    # a group with its own class and no flags gets that class's default (fused for SGD)
+    opts = build_optimizers(
+        {"G": p, "D": [nn.Parameter(torch.zeros(2))]},
+        OmegaConf.merge(
+            OmegaConf.structured(RMSpropConfig), {"groups": {"G": {"_target_": "torch.optim.SGD"}}}
+        ),
+    )
+    assert _flags(opts["G"]) == (None, True) and _flags(opts["D"]) == (True, None)
 
 
 def test_a_resumed_optimizer_keeps_its_own_implementation_flags():
@@ -340,6 +379,52 @@ def test_a_resumed_optimizer_keeps_its_own_implementation_flags():
     assert group["fused"] is True and group["foreach"] is None
     buf = fused.optimizers["main"].state[q[0]]["momentum_buffer"]
     assert torch.equal(buf, torch.ones(3))  # the state itself came across
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+        ),
+    ],
+)
+def test_a_loop_checkpoint_resumes_under_the_fused_default(device):
+    """A run saved with torch's loop (as every run before fused became the default) goes on
+    under the default: Adam's ``step`` counts move to the parameters' device (the fused
+    kernels read them there) and the next updates are the loop's to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    start = [torch.randn(4, 3, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in start] for _ in range(4)]
+    adam = {"_target_": "torch.optim.Adam", "lr": 0.1}
+
+    def run(flags, state=None, steps=range(4)):
+        params = [nn.Parameter(t.clone().to(device)) for t in start]
+        opt = Optimization(
+            build_optimizers({"main": params}, {**adam, **flags}), device=params[0].device
+        )
+        if state is not None:
+            for p, t in zip(params, state[1]):
+                p.data.copy_(t)
+            opt.load_state_dict(copy.deepcopy(state[0]))  # as read back from a file
+        for k in steps:
+            for p, grad in zip(params, grads[k]):
+                p.grad = grad.to(device)
+            opt.step()
+        return opt, [p.detach().clone() for p in params]
+
+    saved, halfway = run({"foreach": False}, steps=range(2))
+    state = (saved.state_dict(), halfway)
+    _, loop = run({"foreach": False}, state, steps=range(2, 4))
+    resumed, fused = run({}, state, steps=range(2, 4))
+    group = resumed.optimizers["main"].param_groups[0]
+    assert group["fused"] is True
+    for p in group["params"]:
+        step = resumed.optimizers["main"].state[p]["step"]
+        assert step.device == p.device and float(step) == 4.0
+    for a, b in zip(fused, loop):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6)
 
 
 # ---- 4. no host read of the loss in backward ------------------------------------------------

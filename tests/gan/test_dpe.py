@@ -287,7 +287,7 @@ def test_both_critics_push_real_up_and_fake_down_and_the_generators_fake_up(root
         out = loss.critic(critic, real, fake, getattr(loss, name))
         assert float(out["penalty"].detach()) > 0  # an open penalty: it must not disturb the signs
         out["loss"].backward(retain_graph=True)
-        (scores,) = seen
+        scores, _ = seen  # cat(real, fake), then the interpolates
         torch.testing.assert_close(scores.grad[:4], torch.full((4,), -0.25, dtype=torch.float64))
         torch.testing.assert_close(scores.grad[4:8], torch.full((4,), 0.25, dtype=torch.float64))
         # every weight gets a gradient (the head's bias cancels between real and fake)

@@ -18,7 +18,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["cyclegan", "pix2pix", "wgan_gp"])
+@pytest.mark.parametrize("model", ["cyclegan", "pix2pix", "wgan_gp", "dpe"])
 def test_two_process_ddp_trains_and_saves_plain_keys(tmp_path, model):
     run = tmp_path / "ddp"
     common = [
