@@ -5,6 +5,7 @@ tests, tests/ws_dan/oracles.py: ``crop_loop`` / ``drop_loop``, GuYuc/WS-DAN.PyTo
 
     python benchmarks/ws_dan.py [--batch 12] [--size 448] [--maps 32] [--feature 26]
                                 [--repeat 10] [--threads 1] [--device cpu|cuda] [--compile]
+                                [--channels-last]
 
 Rows: crop alone and drop alone on one given map per sample (same maps, same thresholds, same
 padding for both formulations), then crop + drop as one training step does it under
@@ -15,6 +16,11 @@ thread it measured several times slower than eager, hence off by default; induct
 random draws its own way, so that row's values are not compared). The
 defaults are the paper recipe: batch 12, 448 px, M = 32 maps of 26x26 (what Inception-v3 cut
 at Mixed_6e gives at 448 px). Attention maps are a few smooth blobs each, like trained ones.
+
+``--channels-last`` gives both formulations NHWC images, as ``experiment=ws_dan_cub``'s
+channels_last training does (the reference's per-sample ``interpolate`` has a faster NHWC
+kernel; ``grid_sample`` writes NCHW crops either way, which the network's first convolution
+then converts).
 
 Prints a table of the median and best wall times (ms) with the speed-up against the reference
 row of each group, and checks that the values agree with the reference (largest absolute
@@ -112,6 +118,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--compile", action="store_true", help="add the torch.compile'd row")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC images (the recipe's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,9 +127,12 @@ def main() -> None:
     b, size = args.batch, args.size
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dev}: batch {b}, "
-        f"{size}x{size} images, {args.maps} attention maps of {args.feature}x{args.feature}"
+        f"{size}x{size} {'NHWC' if args.channels_last else 'NCHW'} images, {args.maps} "
+        f"attention maps of {args.feature}x{args.feature}"
     )
     images = torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     all_maps = make_maps(b, args.maps, args.feature, seed=1).to(dev)
     one_map = all_maps[:, :1].contiguous()
     seed = 2

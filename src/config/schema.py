@@ -62,7 +62,8 @@ def _groups() -> Any:
 
 
 # ``foreach`` / ``fused``: torch's multi-tensor or fused implementations of the same update
-# (null = the engine's default, foreach wherever the class has it; src/engine/optim.py).
+# (both null = the engine's default: fused for SGD / Adam / AdamW where torch has the kernels,
+# else foreach wherever the class has it; src/engine/optim.py).
 @dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
