@@ -664,7 +664,8 @@ def worker(mode: str, args) -> None:
     def handle(words: list[str]) -> dict:
         if words[0] == "build":
             side, name, bs, size = words[1], words[2], int(words[3]), int(words[4])
-            built[side] = steps, extra = build_side(name, side, bs, size)
+            built[side] = build_side(name, side, bs, size)
+            steps, extra = built[side]
             torch.manual_seed(2)
             losses = steps[extra["cycle"][0][0]](extra["batch"])
             return {"losses": losses, "cycle": extra["cycle"]}

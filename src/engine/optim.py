@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.optim.optimizer as torch_optimizer
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -115,8 +116,6 @@ FUSED_BY_DEFAULT = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 def _fused_devices() -> set[str]:
     """Device types torch has fused optimizer kernels for (its private list; CPU and CUDA if
     this torch does not expose one)."""
-    import torch.optim.optimizer as torch_optimizer
-
     known = getattr(torch_optimizer, "_get_fused_kernels_supported_devices", None)
     return set(known()) if known is not None else {"cpu", "cuda"}
 
@@ -161,14 +160,13 @@ def implementation_flags(
             del cfg[key]
     if cfg.get("foreach") and cfg.get("fused"):
         raise UserError(f"{where}: foreach and fused cannot both be true; pick one")
-    if not target or any(key in cfg for key in IMPLEMENTATION_KEYS):
-        if target and "foreach" not in cfg and not cfg.get("fused") and _takes(accepted, "foreach"):
-            cfg["foreach"] = True  # fused=false alone: the multi-tensor path
+    if not target:
         return cfg
-    if _takes(accepted, "fused") and fused_by_default(target, params):
+    unset = not any(key in cfg for key in IMPLEMENTATION_KEYS)
+    if unset and _takes(accepted, "fused") and fused_by_default(target, params):
         cfg["fused"] = True
-    elif _takes(accepted, "foreach"):
-        cfg["foreach"] = True
+    elif "foreach" not in cfg and not cfg.get("fused") and _takes(accepted, "foreach"):
+        cfg["foreach"] = True  # (also for fused=false alone: the multi-tensor path)
     return cfg
 
 

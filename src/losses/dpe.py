@@ -82,7 +82,8 @@ def one_sided_penalty(
     x_hat = interpolates(real, fake, alpha, "sample").requires_grad_(True)
     scores, scores_hat = critic(torch.cat([real, fake], 0)), critic(x_hat)
     if scores.shape[0] != 2 * b or scores_hat.shape[0] != b:
-        raise ValueError(f"the critic must give one score per image, got {tuple(scores.shape)}")
+        got = (tuple(scores.shape), tuple(scores_hat.shape))
+        raise ValueError(f"the critic must give one score per image, got {got} for {2 * b} + {b}")
     (grad,) = torch.autograd.grad(scores_hat.sum(), x_hat, create_graph=True)
     penalty = penalty_of_gradient(grad, one_sided=True, power=power, scale=grad_scale)
     return scores[:b], scores[b:], penalty
