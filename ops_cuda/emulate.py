@@ -4,20 +4,17 @@
 expression of a source a C entry point ``cvo_emu__<name>__<type>(grid, block, params)`` runs
 ``cvo_emu::launch``, which loops over every block and thread of the grid. ``params`` follows
 ``cuLaunchKernel``: an array of pointers to the argument values. The shared library is built
-once per source content into a cache directory (``$CV_OPS_CACHE`` or ``~/.cache/cv_ops``),
-never into the repository, and loaded with ctypes.
+once per source content by ops_cpu/build.py into its cache directory (``$CV_OPS_CACHE`` or
+``~/.cache/cv_ops``), never into the repository, and loaded with ctypes.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
+
+from ops_cpu.build import build_library, compiler  # noqa: F401 (emulate.compiler)
 
 from .registry import EMULATED, KERNEL_DIR, SOURCES, expression, read_source
 
@@ -32,12 +29,6 @@ CXX_FLAGS = (
 )
 _libs: dict[str, ctypes.CDLL] = {}
 _lock = threading.Lock()
-
-
-def compiler() -> str | None:
-    """The C++ compiler used for emulation ($CXX, else g++), or None when absent."""
-    cxx = os.environ.get("CXX", "g++")
-    return shutil.which(cxx)
 
 
 def symbol(name: str, ctype: str | None) -> str:
@@ -56,45 +47,15 @@ def wrapper_source(source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cache_dir() -> Path:
-    """$CV_OPS_CACHE/emulation, else ~/.cache/cv_ops/emulation, else a per-user temp dir
-    when the home directory is not writable."""
-    if os.environ.get("CV_OPS_CACHE"):
-        return Path(os.environ["CV_OPS_CACHE"]) / "emulation"
-    home = Path.home() / ".cache" / "cv_ops" / "emulation"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        return home
-    except OSError:
-        return Path(tempfile.gettempdir()) / f"cv_ops-{os.getuid()}" / "emulation"
-
-
 def build_code(wrapper: str, stem: str) -> Path:
     """Compile a C++ translation unit (that may include ops_cuda files) into a shared library
-    in the cache, keyed by its content and the kernel headers; returns the library path.
-    Raises RuntimeError with the compiler's output when compilation fails."""
-    cxx = compiler()
-    if cxx is None:
-        raise RuntimeError("kernel emulation needs a C++ compiler: install g++ or set $CXX")
-    digest = hashlib.sha256()
-    parts = [wrapper, read_source("common.cuh"), read_source("emu_shim.h"), cxx, *CXX_FLAGS]
-    parts += [read_source(s) for s in SOURCES if f'"{s}"' in wrapper]
-    for part in parts:
-        digest.update(part.encode())
-    out = cache_dir() / f"{stem}-{digest.hexdigest()[:16]}.so"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        cpp = Path(tmp) / "wrapper.cpp"
-        cpp.write_text(wrapper)
-        lib = Path(tmp) / "lib.so"
-        cmd = [cxx, *CXX_FLAGS, f"-I{KERNEL_DIR}", str(cpp), "-o", str(lib)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"g++ emulation build of {stem} failed:\n{res.stderr}")
-        os.replace(lib, out)
-    return out
+    in the cache (ops_cpu/build.py), keyed by its content and the kernel headers; returns the
+    library path. Raises RuntimeError with the compiler's output when compilation fails."""
+    depends = [read_source("common.cuh"), read_source("emu_shim.h")]
+    depends += [read_source(s) for s in SOURCES if f'"{s}"' in wrapper]
+    return build_library(
+        wrapper, stem, CXX_FLAGS, kind="emulation", include_dir=KERNEL_DIR, depends=depends
+    )
 
 
 def build(source: str) -> Path:

@@ -2,7 +2,8 @@
 
 Modes (``set_backend`` / ``use_backend``, or the environment at import time):
 - ``"auto"`` (default): CUDA tensors with CuPy importable -> kernel; anything else -> reference.
-- ``"reference"``: always the torch reference, also on GPU (``CV_OPS_FORCE_REFERENCE=1``).
+- ``"reference"``: always the torch reference, also on GPU (``CV_OPS_FORCE_REFERENCE=1``),
+  and on CPU also for the ops that have an ops_cpu kernel (``cpu_kernel``), which "auto" runs.
 - ``"emulate"``: like auto, and float32/float64 CPU tensors run the kernels through the g++
   CPU emulation (ops_cuda/emulate.py). For tests and debugging; slow.
 ``CV_OPS_BACKEND=<mode>`` selects a mode too; ``CV_OPS_FORCE_REFERENCE=1`` wins over it.
@@ -85,6 +86,17 @@ def kernel_device(*tensors: torch.Tensor, dtypes=None) -> torch.device | None:
     if mode == "emulate" and first.device.type == "cpu" and first.dtype in _EMULATED_DTYPES:
         return first.device
     return None
+
+
+def cpu_kernel(tensor: torch.Tensor) -> bool:
+    """Whether an op with an ops_cpu kernel runs it for ``tensor``: a float32/float64 CPU
+    tensor, the backend not "reference", and the kernels built (ops_cpu/resample.py; without
+    a compiler they are not, and the torch path runs)."""
+    if get_backend() == "reference" or tensor.device.type != "cpu":
+        return False
+    from ops_cpu import resample
+
+    return tensor.dtype in resample.DTYPES and resample.available()
 
 
 def reference_backward(reference, inputs, needs_grad, grad_outputs):

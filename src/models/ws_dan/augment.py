@@ -1,18 +1,19 @@
 """Attention-guided data augmentation of WS-DAN, batched on the images' device.
 
 No Python loop over samples and no host synchronisation (no ``.item()``, ``.cpu()``,
-``nonzero``): boxes come from ``amax``/``amin`` reductions and the crops are resampled in one
-``grid_sample`` call. The maps are upsampled by two small matrix products (bilinear resizing is
-separable: ``R_y @ A @ R_x^T``, two non-zero weights a row), not by ``F.interpolate``: about
+``nonzero``): boxes come from ``amax``/``amin`` reductions, and the crops and the drop are one
+call each for the whole batch (src/ops/resample.py: an ops_cpu kernel on CPU, one
+``grid_sample`` / two matrix products elsewhere). The maps are upsampled as ``R_y @ A @ R_x^T``
+(bilinear resizing is separable, two non-zero weights a row), not by ``F.interpolate``: about
 twice as fast on CPU and closer to exact (float32: 1.5e-7 against float64, where float32
-``F.interpolate`` is off by 1.8e-6 at 448 px), so a mask can differ from the reference's only at
-a pixel within that rounding of its threshold. The crop never builds the full-size map: along
-one axis an upsampled map is linear between source points, so each row's and column's maximum
-(and the drop's "nothing kept" minimum) lies at the few rows / columns of ``segment_ends``,
-which thin products give. A map holding a NaN or an infinity is taken as
-all zero, like an empty map: its crop is the whole image and its drop keeps everything.
-Randomness (which attention map, which threshold) comes from torch's global RNG (checkpointed by
-the engine) or from ``generator`` when one is given.
+``F.interpolate`` is off by 1.8e-6 at 448 px; the CPU drop kernel interpolates in float64), so a
+mask can differ from the reference's only at a pixel within that rounding of its threshold.
+The crop never builds the full-size map: along one axis an upsampled map is linear between
+source points, so each row's and column's maximum (and the drop's "nothing kept" minimum) lies
+at the few rows / columns of ``segment_ends``, which thin products give. A map holding a NaN
+or an infinity is taken as all zero, like an empty map: its crop is the whole image and its
+drop keeps everything. Randomness (which attention map, which threshold) comes from torch's
+global RNG (checkpointed by the engine) or from ``generator`` when one is given.
 
 Conventions (as GuYuc/WS-DAN.PyTorch ``batch_augment``): a map is upsampled bilinearly with
 ``align_corners=True`` to the image size and compared against ``theta * max`` where ``max`` is
@@ -27,8 +28,12 @@ empty slice; we use ``[min - pad, max + 1 + pad)``, so a box always holds its wh
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from src.ops.resample import attention_drop as drop_below
+from src.ops.resample import crop_resize as _crop_resize
+from src.ops.resample import interpolation_matrix, upsample
+
+__all__ = ["interpolation_matrix"]  # re-exported: the map resizing is src/ops/resample.py's
 EPSILON = 1e-12
 Theta = float | tuple[float, float]
 
@@ -42,24 +47,6 @@ def _as_maps(attention_map: torch.Tensor) -> torch.Tensor:
     maps = attention_map.float()
     finite = torch.isfinite(maps).all(dim=(1, 2, 3), keepdim=True)
     return torch.where(finite, maps, 0.0)
-
-
-def interpolation_matrix(
-    size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(size_out, size_in) weights of 1-D linear resizing with ``align_corners=True``: output
-    ``i`` reads source ``i * (size_in - 1) / (size_out - 1)`` (``F.interpolate``'s points),
-    two taps a row, computed in float64 and rounded once to ``dtype``."""
-    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-    src = torch.arange(size_out, device=device, dtype=torch.float64) * scale
-    lo = src.floor().clamp(max=size_in - 1).long()
-    hi = (lo + 1).clamp(max=size_in - 1)
-    frac = src - lo
-    rows = torch.arange(size_out, device=device)
-    weights = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
-    weights.index_put_((rows, lo), 1.0 - frac, accumulate=True)
-    weights.index_put_((rows, hi), frac, accumulate=True)
-    return weights.to(dtype)
 
 
 def _resize_matrices(
@@ -80,13 +67,9 @@ def _products(left: torch.Tensor, maps: torch.Tensor, right: torch.Tensor) -> to
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) -> (B, H, W): bilinear, ``align_corners=True``, as ``R_y @ A @ R_x^T``.
-
-    On one CPU thread about twice as fast as ``F.interpolate`` for 26x26 -> 448x448 (the
-    products are 26 deep) and the same up to float rounding.
-    """
-    ry, rx = _resize_matrices(maps, size)
-    return _products(ry, maps, rx)
+    """(B, 1, h, w) -> (B, H, W): bilinear, ``align_corners=True``, as ``R_y @ A @ R_x^T``
+    (src.ops.resample.upsample)."""
+    return upsample(maps[:, 0], size)
 
 
 def segment_ends(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
@@ -201,31 +184,10 @@ def crop_boxes(
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Crop each image to its (y0, x0, y1, x1) box and resize it back to (H, W).
-
-    Same sampling points as ``F.interpolate(img[..., y0:y1, x0:x1], (H, W), 'bilinear',
-    align_corners=True)``: output row i reads source row ``y0 + i * (y1 - 1 - y0) / (H - 1)``.
-    The per-sample rows and columns are computed in float64 and rounded once to the images'
-    dtype; the (B, H, W, 2) grid is filled from them by two broadcast copies. Every point lies
-    in [0, size - 1] (the grid is clamped to [-1, 1]), so ``padding_mode="zeros"`` reads the
-    same values as "border" (a tap outside the image has weight 0) and is the faster kernel.
-    """
-    b, _, height, width = images.shape
-    boxes = boxes.to(images.device, torch.float64)
-    y0, x0, y1, x1 = boxes.unbind(dim=1)
-    steps_y = torch.arange(height, device=images.device, dtype=torch.float64)
-    steps_x = torch.arange(width, device=images.device, dtype=torch.float64)
-    scale_y = (y1 - 1 - y0) / max(height - 1, 1)
-    scale_x = (x1 - 1 - x0) / max(width - 1, 1)
-    src_y = y0[:, None] + steps_y[None] * scale_y[:, None]  # (B, H) source pixel rows
-    src_x = x0[:, None] + steps_x[None] * scale_x[:, None]  # (B, W)
-    # align_corners=True: -1 is pixel 0's centre, +1 is pixel (size-1)'s centre.
-    gy = (src_y * 2.0 / max(height - 1, 1) - 1.0).clamp(-1.0, 1.0).to(images.dtype)
-    gx = (src_x * 2.0 / max(width - 1, 1) - 1.0).clamp(-1.0, 1.0).to(images.dtype)
-    grid = images.new_empty(b, height, width, 2)
-    grid[..., 0] = gx[:, None, :]
-    grid[..., 1] = gy[:, :, None]
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    """Crop each image to its (y0, x0, y1, x1) box and resize it back to (H, W): the values
+    of ``F.interpolate(img[..., y0:y1, x0:x1], (H, W), 'bilinear', align_corners=True)``
+    (src.ops.resample.crop_resize: the ops_cpu kernel on CPU, one ``grid_sample`` elsewhere)."""
+    return _crop_resize(images, boxes)
 
 
 def attention_crop(
@@ -240,28 +202,22 @@ def attention_crop(
     return crop_resize(images, boxes)
 
 
-def _keep(
-    attention_map: torch.Tensor,
+def _drop_thresholds(
+    maps: torch.Tensor,
     image_size: tuple[int, int],
     theta: Theta,
     generator: torch.Generator | None,
-    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """(B, 1, H, W) 1 where a pixel is kept (``upsampled map < theta * max``), else 0, in
-    ``dtype``; a sample that would keep nothing keeps everything."""
-    maps = _as_maps(attention_map)
+    """(B,) thresholds ``theta * max`` of (B, 1, h, w) maps, +inf for a sample that would
+    keep nothing (even its smallest upsampled value reaches the threshold; the smallest is
+    at one of the ``segment_ends`` rows and columns: a (B, ~3h, ~3w) product, not a full
+    pass), so that one comparison ``up < thr`` keeps everything there."""
     b = maps.shape[0]
     thr = draw_theta(theta, b, maps.device, generator) * maps.amax(dim=(1, 2, 3))
     ry, rx = _resize_matrices(maps, tuple(image_size))
-    up = _products(ry, maps, rx)
-    # Nothing kept iff even the smallest value reaches the threshold (the smallest is at one
-    # of the ``segment_ends`` rows and columns: a (B, ~3h, ~3w) product, not a full pass);
-    # then compare against +inf instead, so the one comparison below keeps everything.
     ry_ends, rx_ends = _ends(ry, rx, maps.shape[-2:])
     nothing_kept = _products(ry_ends, maps, rx_ends).amin(dim=(1, 2)) >= thr
-    thr = torch.where(nothing_kept, float("inf"), thr)[:, None, None]
-    # The comparison writes the mask in ``dtype`` directly (about 5x a bool result converted).
-    return torch.lt(up, thr, out=torch.empty_like(up, dtype=dtype))[:, None]
+    return torch.where(nothing_kept, float("inf"), thr)
 
 
 def drop_mask(
@@ -275,7 +231,9 @@ def drop_mask(
     When a sample would keep nothing (e.g. an all-zero map, where ``0 < 0`` is false
     everywhere) the whole image is kept instead.
     """
-    return _keep(attention_map, image_size, theta, generator, torch.bool)
+    maps = _as_maps(attention_map)
+    thr = _drop_thresholds(maps, image_size, theta, generator)
+    return (upsample_maps(maps, tuple(image_size)) < thr[:, None, None])[:, None]
 
 
 def attention_drop(
@@ -285,7 +243,6 @@ def attention_drop(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Erase (set to 0, the normalised mean colour) where the attention map is strong."""
-    # A mask in the images' dtype: a float x float product is the faster kernel on CPU (about
-    # 1.3x a bool x float one at 12 x 3 x 448 x 448), and x1 / x0 is exact.
-    keep = _keep(attention_map, images.shape[-2:], theta, generator, images.dtype)
-    return images * keep
+    maps = _as_maps(attention_map)
+    thr = _drop_thresholds(maps, images.shape[-2:], theta, generator)
+    return drop_below(images, maps[:, 0], thr)
