@@ -10,7 +10,9 @@ tests, tests/ws_dan/oracles.py: ``crop_loop`` / ``drop_loop``, GuYuc/WS-DAN.PyTo
 Rows: crop alone and drop alone on one given map per sample (same maps, same thresholds, same
 padding for both formulations), then crop + drop as one training step does it under
 ``torch.no_grad`` (pick two of the M maps per sample by sqrt-mass, crop with one, drop with the
-other; the reference picks per sample in a loop), and with ``--compile`` the same step through
+other; the reference picks per sample in a loop), ours both with the ops_cpu kernels (CPU) and
+through the torch path (``set_backend("reference")``: one ``grid_sample`` and the map products,
+what CUDA runs), and with ``--compile`` the same step through
 ``torch.compile(fullgraph=True)`` (inductor; compilation and warm-up are not timed; on one CPU
 thread it measured several times slower than eager, hence off by default; inductor orders the
 random draws its own way, so that row's values are not compared). The
@@ -49,6 +51,7 @@ from src.models.ws_dan.augment import (  # noqa: E402
     crop_boxes,
     sample_attention_maps,
 )
+from src.ops import use_backend  # noqa: E402
 from tests.ws_dan.oracles import crop_loop, drop_loop  # noqa: E402
 
 CROP_THETA, CROP_PADDING, DROP_THETA = (0.4, 0.6), 0.1, (0.2, 0.5)
@@ -160,6 +163,10 @@ def main() -> None:
             crops = attention_crop(images, maps[:, :1], CROP_THETA, CROP_PADDING, generator)
             return crops, attention_drop(images, maps[:, 1:], DROP_THETA, generator)
 
+    def torch_path_step():
+        with use_backend("reference"):  # what CUDA runs, and CPU without a C++ compiler
+            return our_step(images, all_maps, gen())
+
     groups = [
         (
             "crop (one map per sample)",
@@ -186,6 +193,7 @@ def main() -> None:
             [
                 ("reference pick + crop_loop + drop_loop", ref_step),
                 ("ours sample + crop + drop", lambda: our_step(images, all_maps, gen())),
+                ("ours, torch path (grid_sample, products)", torch_path_step),
             ],
         ),
     ]
