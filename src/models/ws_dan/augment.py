@@ -33,7 +33,6 @@ from src.ops.resample import attention_drop as drop_below
 from src.ops.resample import crop_resize as _crop_resize
 from src.ops.resample import interpolation_matrix, upsample
 
-__all__ = ["interpolation_matrix"]  # re-exported: the map resizing is src/ops/resample.py's
 EPSILON = 1e-12
 Theta = float | tuple[float, float]
 
