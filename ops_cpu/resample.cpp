@@ -46,8 +46,8 @@ void parallel_rows(int64_t units, int64_t threads, F body) {
   for (auto& th : pool) th.join();
 }
 
-// Source index and weight of output point i of an align_corners resize of `n_in` points
-// starting at `start` to `n_out` points: reads start + i (n_in - 1) / (n_out - 1).
+// Source index (from the first point) and weight of output point i of an align_corners
+// resize of `n_in` points to `n_out` points: it reads i (n_in - 1) / (n_out - 1).
 struct Tap {
   int64_t lo;
   double frac;
@@ -73,6 +73,7 @@ inline int64_t bad_box(const Geometry& g, const int64_t* boxes) {
 template <typename T>
 void crop_resize(const T* src, T* dst, const Geometry& g, const int64_t* boxes, int64_t threads) {
   const int64_t C = g.c, Wo = g.out_w, per_image = g.nhwc ? g.out_h : g.c * g.out_h;
+  const int64_t lanes = g.nhwc ? C : 1;  // values per source column in a row
   parallel_rows(g.b * per_image, threads, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> col(Wo);
     std::vector<T> col_w(Wo), blend;
@@ -82,7 +83,6 @@ void crop_resize(const T* src, T* dst, const Geometry& g, const int64_t* boxes, 
       const int64_t ch = g.nhwc ? 0 : r / g.out_h, i = g.nhwc ? r : r % g.out_h;
       const int64_t* box = boxes + 4 * b;
       const int64_t y0 = box[0], x0 = box[1], bh = box[2] - y0, bw = box[3] - x0;
-      const int64_t lanes = g.nhwc ? C : 1;  // values per source column in a row
       if (table_of != b) {  // this image's column taps, relative to the box's first column
         for (int64_t j = 0; j < Wo; ++j) {
           Tap t = tap(j, bw, Wo);

@@ -31,7 +31,12 @@ import torch
 
 from src.ops.resample import attention_drop as drop_below
 from src.ops.resample import crop_resize as _crop_resize
-from src.ops.resample import interpolation_matrix, upsample
+from src.ops.resample import (
+    interpolation_matrix,  # noqa: F401 (the maps' resize weights)
+    resize_matrices,
+    resize_product,
+    upsample,
+)
 
 EPSILON = 1e-12
 Theta = float | tuple[float, float]
@@ -52,17 +57,12 @@ def _resize_matrices(
     maps: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(R_y, R_x)`` that resize ``maps`` (B, 1, h, w) to ``size`` as ``R_y @ A @ R_x^T``."""
-    height, width = size
-    ry = interpolation_matrix(maps.shape[-2], height, maps.dtype, maps.device)
-    rx = interpolation_matrix(maps.shape[-1], width, maps.dtype, maps.device)
-    return ry, rx
+    return resize_matrices(maps.shape[-2:], size, maps.dtype, maps.device)
 
 
 def _products(left: torch.Tensor, maps: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``left @ A @ right^T`` for every map, in the maps' own precision: thresholds are
-    compared there, not in autocast's float16 / bfloat16."""
-    with torch.autocast(maps.device.type, enabled=False):
-        return left @ maps[:, 0] @ right.T
+    """``left @ A @ right^T`` for every (B, 1, h, w) map, in the maps' own precision."""
+    return resize_product(left, maps[:, 0], right)
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
